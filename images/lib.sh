@@ -1,0 +1,44 @@
+# Shared helpers for Ember's image and soft-host scripts. Source, don't run.
+# Expects $repo (the checkout root) to be set by the caller.
+
+umask 022
+
+log() { printf '%s: %s\n' "${EMBER_LOG_PREFIX:-$(basename "$0")}" "$*" >&2; }
+warn() { log "warning: $*"; }
+die() { log "error: $*"; exit 1; }
+
+# need_cmds CMD...: fail with the package hint when a tool is missing.
+need_cmds() {
+    local c missing=()
+    for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
+    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run .ci/run's install step, or apt-get install them)"
+}
+
+# ember_cache_dir: where build outputs live, outside any checkout.
+ember_cache_dir() {
+    printf '%s\n' "${EMBER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}"
+}
+
+# build_static_bin PACKAGE BIN: builds a statically linked release binary of
+# a workspace package and prints its path.
+build_static_bin() {
+    local pkg=$1 bin=$2 triple=x86_64-unknown-linux-gnu
+    # The explicit --target keeps proc-macros (host code) dynamically linked.
+    (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" \
+        cargo build --quiet --release -p "$pkg" --bin "$bin" --target "$triple") >&2 ||
+        die "cargo build of $pkg ($bin) failed"
+    local out="$repo/target/$triple/release/$bin"
+    file "$out" | grep -q 'statically linked' || die "$out is not statically linked"
+    printf '%s\n' "$out"
+}
+
+# reproducible_cpio DIR: writes a newc cpio of DIR to stdout with sorted
+# entries, root ownership and fixed timestamps, so equal trees give equal bytes.
+reproducible_cpio() {
+    (
+        cd "$1"
+        find . -mindepth 1 -exec touch -h -d @0 {} +
+        find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+            cpio -o -H newc --reproducible -R 0:0 --quiet
+    )
+}
