@@ -28,7 +28,7 @@ build_static_bin() {
         cargo build --quiet --release -p "$pkg" --bin "$bin" --target "$triple") >&2 ||
         die "cargo build of $pkg ($bin) failed"
     local out="$repo/target/$triple/release/$bin"
-    file "$out" | grep -q 'statically linked' || die "$out is not statically linked"
+    file "$out" | grep -qE 'statically linked|static-pie linked' || die "$out is not statically linked"
     printf '%s\n' "$out"
 }
 

@@ -20,10 +20,26 @@ struct Mount {
 }
 
 const MOUNTS: &[Mount] = &[
-    Mount { source: c"devtmpfs", target: c"/dev", fstype: c"devtmpfs" },
-    Mount { source: c"proc", target: c"/proc", fstype: c"proc" },
-    Mount { source: c"sysfs", target: c"/sys", fstype: c"sysfs" },
-    Mount { source: c"tmpfs", target: c"/tmp", fstype: c"tmpfs" },
+    Mount {
+        source: c"devtmpfs",
+        target: c"/dev",
+        fstype: c"devtmpfs",
+    },
+    Mount {
+        source: c"proc",
+        target: c"/proc",
+        fstype: c"proc",
+    },
+    Mount {
+        source: c"sysfs",
+        target: c"/sys",
+        fstype: c"sysfs",
+    },
+    Mount {
+        source: c"tmpfs",
+        target: c"/tmp",
+        fstype: c"tmpfs",
+    },
 ];
 
 fn mount_all() -> Result<(), String> {

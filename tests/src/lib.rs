@@ -1,1 +1,151 @@
-//! E2E helpers.
+//! Helpers for Ember's end-to-end tests.
+//!
+//! The E2E tests boot real guests: the guest kernel and initramfs built by
+//! `images/build`, and the real VMM on a KVM host (the soft host from
+//! `images/softhost` where this machine lacks hardware virtualization).
+//! `tests/run` builds those artifacts and passes their paths in the
+//! environment; a test whose artifacts are missing fails and says so.
+//! `EMBER_E2E_SKIP=1` skips every E2E test, loudly, for quick local loops.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Paths to the artifacts the E2E tests run.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    /// The statically linked `ember-vmm` binary.
+    pub vmm: PathBuf,
+    /// The guest kernel as an ELF.
+    pub vmlinux: PathBuf,
+    /// The guest kernel as a bzImage.
+    pub bzimage: PathBuf,
+    /// The guest initramfs (gzip'd cpio).
+    pub initramfs: PathBuf,
+}
+
+/// The checkout's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// True (and says so on stderr) when `EMBER_E2E_SKIP=1` asks to skip `test`.
+pub fn skipped(test: &str) -> bool {
+    let skip = std::env::var("EMBER_E2E_SKIP").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("SKIPPED {test}: EMBER_E2E_SKIP=1 (never set this in CI)");
+    }
+    skip
+}
+
+fn artifact(var: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} is not set: run the E2E tests through tests/run, which builds the images and binaries first")
+    });
+    assert!(
+        path.is_file(),
+        "{var}={} does not exist: rerun tests/run",
+        path.display()
+    );
+    path
+}
+
+impl Artifacts {
+    /// Reads the artifact paths `tests/run` exported; panics with the reason
+    /// when one is missing.
+    pub fn from_env() -> Self {
+        Artifacts {
+            vmm: artifact("EMBER_VMM_STATIC"),
+            vmlinux: artifact("EMBER_VMLINUX"),
+            bzimage: artifact("EMBER_BZIMAGE"),
+            initramfs: artifact("EMBER_INITRAMFS"),
+        }
+    }
+}
+
+/// A finished command: exit code and output as text.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl From<Output> for Finished {
+    fn from(o: Output) -> Self {
+        Finished {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A `Command` for `images/softhost` with `args` before the `--`.
+pub fn softhost(args: &[&str]) -> Command {
+    let mut cmd = Command::new(repo_root().join("images/softhost"));
+    cmd.args(args).arg("--");
+    cmd
+}
+
+/// Runs `cmd` to completion and captures its output.
+pub fn run(cmd: &mut Command) -> Finished {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+        .into()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Sends `request` to 127.0.0.1:`port` and returns the reply, retrying
+/// until a non-empty reply arrives or `deadline` passes.
+pub fn exchange_until(port: u16, request: &[u8], deadline: Duration) -> Option<Vec<u8>> {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reply = Vec::new();
+            if s.write_all(request).is_ok()
+                && s.read_to_end(&mut reply).is_ok()
+                && !reply.is_empty()
+            {
+                return Some(reply);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    None
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this
+/// process and `tag`.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ember-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}

@@ -1,1 +1,6 @@
-//! Ember VMM.
+//! Ember's VMM: boots Linux microVMs on KVM with rust-vmm crates.
+//!
+//! Modules, in boot order as they land:
+//! - [`probe`]: proves `/dev/kvm` can run a guest (API version, a tiny guest).
+
+pub mod probe;

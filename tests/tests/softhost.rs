@@ -1,0 +1,152 @@
+//! The `images/softhost` contract: output, status, environment, files,
+//! timeouts, port forwarding, and clear errors for bad arguments.
+
+use std::time::Duration;
+
+use ember_e2e::{exchange_until, free_port, run, skipped, softhost, tempdir};
+
+#[test]
+fn streams_status_env_and_put_files_come_through() {
+    if skipped("streams_status_env_and_put_files_come_through") {
+        return;
+    }
+    let dir = tempdir("put");
+    std::fs::create_dir_all(dir.join("data/deep")).unwrap();
+    std::fs::write(dir.join("data/deep/payload"), "payload-bytes\n").unwrap();
+    let put_dir = format!("{}:nested/data", dir.join("data").display());
+    // A dynamically linked binary from this machine: its libraries must come along.
+    let put_dyn = "/usr/bin/stat:bin/gnu-stat";
+    let script = r#"
+        echo "to-stdout"
+        echo "to-stderr" >&2
+        echo "V=$V"
+        cat nested/data/deep/payload
+        ./bin/gnu-stat --version | head -n 1
+        test -c /dev/kvm && echo "kvm-present"
+        printf 'no-newline'
+        exit 7
+    "#;
+    let out = run(softhost(&[
+        "--timeout",
+        "300",
+        "--env",
+        "V=two words 'quoted' $NOT_EXPANDED",
+        "--put",
+        &put_dir,
+        "--put",
+        put_dyn,
+    ])
+    .args(["sh", "-c", script]));
+    assert_eq!(out.code, Some(7), "exit status must come back:\n{out}");
+    let lines: Vec<&str> = out.stdout.split('\n').collect();
+    assert_eq!(
+        lines.len(),
+        6,
+        "stdout must be exactly the command's:\n{out}"
+    );
+    assert_eq!(lines[0], "to-stdout", "{out}");
+    assert_eq!(lines[1], "V=two words 'quoted' $NOT_EXPANDED", "{out}");
+    assert_eq!(lines[2], "payload-bytes", "{out}");
+    assert!(lines[3].starts_with("stat (GNU coreutils) "), "{out}");
+    assert_eq!(lines[4], "kvm-present", "{out}");
+    assert_eq!(lines[5], "no-newline", "no byte may be added:\n{out}");
+    assert!(out.stderr.starts_with("to-stderr\n"), "stderr:\n{out}");
+    assert!(
+        !out.stdout.contains("Linux version") && !out.stderr.contains("Linux version"),
+        "boot chatter leaked:\n{out}"
+    );
+}
+
+#[test]
+fn timeout_kills_the_command_and_says_so() {
+    if skipped("timeout_kills_the_command_and_says_so") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let out = run(softhost(&["--timeout", "20"]).args(["sleep", "600"]));
+    assert_eq!(out.code, Some(124), "{out}");
+    assert!(out.stderr.contains("timed out after 20 s"), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn forwarded_port_reaches_a_server_inside() {
+    if skipped("forwarded_port_reaches_a_server_inside") {
+        return;
+    }
+    let port = free_port();
+    let child = softhost(&["--timeout", "300", "--forward", &port.to_string()])
+        .args(["sh", "-c", &format!("echo pong | nc -l -p {port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn softhost");
+    let reply = exchange_until(port, b"ping\n", Duration::from_secs(240));
+    let out: ember_e2e::Finished = child.wait_with_output().expect("wait softhost").into();
+    assert_eq!(
+        reply.as_deref(),
+        Some(&b"pong\n"[..]),
+        "no reply through 127.0.0.1:{port}:\n{out}"
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        out.stdout, "ping\n",
+        "the server inside saw our request:\n{out}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_with_the_reason() {
+    // These fail before any soft host boots, so they also run with EMBER_E2E_SKIP.
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--put", "/nonexistent/file", "--", "true"],
+            "'/nonexistent/file' does not exist",
+        ),
+        (
+            &["--put", "/etc/hostname:../escape", "--", "true"],
+            "must be a relative path",
+        ),
+        (
+            &["--put", "/etc/hostname:/abs", "--", "true"],
+            "must be a relative path",
+        ),
+        (
+            &["--forward", "70000", "--", "true"],
+            "--forward must be a TCP port",
+        ),
+        (
+            &["--timeout", "soon", "--", "true"],
+            "--timeout must be a positive number",
+        ),
+        (&["--mem", "64", "--", "true"], "--mem must be at least 512"),
+        (
+            &["--env", "1BAD=x", "--", "true"],
+            "not a valid variable name",
+        ),
+        (
+            &["--env", "EMBER_SURELY_UNSET_VAR", "--", "true"],
+            "is not set here",
+        ),
+        (&["--bogus", "--", "true"], "unknown argument '--bogus'"),
+        (&["--timeout", "5"], "no COMMAND given"),
+    ];
+    for (args, reason) in cases {
+        let mut cmd = std::process::Command::new(ember_e2e::repo_root().join("images/softhost"));
+        let out = run(cmd.args(*args).env_remove("EMBER_SURELY_UNSET_VAR"));
+        assert_eq!(
+            out.code,
+            Some(1),
+            "{args:?} must fail with status 1:\n{out}"
+        );
+        assert!(
+            out.stderr.contains(reason),
+            "{args:?} must say '{reason}':\n{out}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} wrote to stdout:\n{out}");
+    }
+}
