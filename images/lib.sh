@@ -1,5 +1,7 @@
+# shellcheck shell=bash
 # Shared helpers for Ember's image and soft-host scripts. Source, don't run.
 # Expects $repo (the checkout root) to be set by the caller.
+: "${repo:?lib.sh needs \$repo set to the checkout root}"
 
 umask 022
 
@@ -32,11 +34,31 @@ build_static_bin() {
     printf '%s\n' "$out"
 }
 
+# Debian's static busybox, which every Ember initramfs carries.
+busybox_bin=/bin/busybox
+
+# need_static_busybox: fail unless $busybox_bin is a static binary.
+need_static_busybox() {
+    file -L "$busybox_bin" 2>/dev/null | grep -q 'statically linked' ||
+        die "$busybox_bin is not Debian's static busybox: apt-get install busybox-static"
+}
+
+# install_busybox ROOT: static busybox at ROOT/bin/busybox, every applet a
+# symlink beside it.
+install_busybox() {
+    local root=$1 applet
+    mkdir -p "$root/bin"
+    install -m 0755 "$busybox_bin" "$root/bin/busybox"
+    for applet in $("$busybox_bin" --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+    done
+}
+
 # reproducible_cpio DIR: writes a newc cpio of DIR to stdout with sorted
 # entries, root ownership and fixed timestamps, so equal trees give equal bytes.
 reproducible_cpio() {
     (
-        cd "$1"
+        cd "$1" || exit 1
         find . -mindepth 1 -exec touch -h -d @0 {} +
         find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
             cpio -o -H newc --reproducible -R 0:0 --quiet

@@ -65,9 +65,67 @@ pub enum ProbeError {
     NoHalt,
 }
 
+/// Which KVM implementation backs `/dev/kvm`, from `/sys/module`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvmFlavor {
+    /// Hardware virtualization: `kvm_intel` or `kvm_amd`, and whether
+    /// nested paging (EPT or NPT) is on.
+    Hardware {
+        /// The vendor module's name.
+        module: &'static str,
+        /// EPT (Intel) or NPT (AMD) is enabled.
+        nested_paging: bool,
+    },
+    /// PVM, a software hypervisor: stock Linux kernels do not boot on it.
+    Pvm,
+    /// No known vendor module is loaded.
+    Unknown,
+}
+
+impl KvmFlavor {
+    /// Reads the flavor from `/sys/module`.
+    pub fn detect() -> Self {
+        let sys = std::path::Path::new("/sys/module");
+        for (module, param) in [("kvm_intel", "ept"), ("kvm_amd", "npt")] {
+            if sys.join(module).is_dir() {
+                let value =
+                    std::fs::read_to_string(sys.join(module).join("parameters").join(param))
+                        .unwrap_or_default();
+                let nested_paging = matches!(value.trim(), "Y" | "1");
+                return KvmFlavor::Hardware {
+                    module,
+                    nested_paging,
+                };
+            }
+        }
+        if sys.join("kvm_pvm").is_dir() {
+            return KvmFlavor::Pvm;
+        }
+        KvmFlavor::Unknown
+    }
+}
+
+impl fmt::Display for KvmFlavor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KvmFlavor::Hardware {
+                module,
+                nested_paging,
+            } => {
+                let on = if *nested_paging { "on" } else { "off" };
+                write!(f, "{module} (nested paging {on})")
+            }
+            KvmFlavor::Pvm => write!(f, "kvm_pvm (software; stock Linux guests do not boot)"),
+            KvmFlavor::Unknown => write!(f, "unknown"),
+        }
+    }
+}
+
 /// What a successful probe saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeReport {
+    /// Which KVM implementation answered.
+    pub flavor: KvmFlavor,
     /// `KVM_GET_API_VERSION`.
     pub api_version: i32,
     /// `KVM_CAP_NR_VCPUS`: the recommended maximum vCPUs per VM.
@@ -80,6 +138,7 @@ pub struct ProbeReport {
 
 impl fmt::Display for ProbeReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "kvm flavor: {}", self.flavor)?;
         writeln!(f, "kvm api version: {}", self.api_version)?;
         writeln!(f, "recommended vcpus: {}", self.recommended_vcpus)?;
         writeln!(
@@ -163,6 +222,7 @@ pub fn run() -> Result<ProbeReport, ProbeError> {
                     )));
                 }
                 return Ok(ProbeReport {
+                    flavor: KvmFlavor::detect(),
                     api_version,
                     recommended_vcpus,
                     io_exit,
@@ -175,4 +235,40 @@ pub fn run() -> Result<ProbeReport, ProbeError> {
         }
     }
     Err(ProbeError::NoHalt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_prints_one_fact_per_line() {
+        let report = ProbeReport {
+            flavor: KvmFlavor::Hardware {
+                module: "kvm_amd",
+                nested_paging: true,
+            },
+            api_version: 12,
+            recommended_vcpus: 4,
+            io_exit: (PROBE_PORT, vec![PROBE_BYTE]),
+            exits: vec!["IoOut(0x3f8)".into(), "Hlt".into()],
+        };
+        assert_eq!(
+            report.to_string(),
+            "kvm flavor: kvm_amd (nested paging on)\nkvm api version: 12\n\
+             recommended vcpus: 4\nio exit: port 0x3f8 data [45]\nexits: IoOut(0x3f8), Hlt"
+        );
+    }
+
+    #[test]
+    fn probe_code_writes_the_probe_byte_to_com1_then_halts() {
+        // mov dx, imm16 / mov al, imm8 / out dx, al / hlt
+        assert_eq!(PROBE_CODE[0], 0xba);
+        assert_eq!(
+            u16::from_le_bytes([PROBE_CODE[1], PROBE_CODE[2]]),
+            PROBE_PORT
+        );
+        assert_eq!(&PROBE_CODE[3..5], &[0xb0, PROBE_BYTE]);
+        assert_eq!(&PROBE_CODE[5..], &[0xee, 0xf4]);
+    }
 }
