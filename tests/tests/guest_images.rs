@@ -38,6 +38,29 @@ fn qemu_boot(
     out
 }
 
+/// Writes `initramfs` plus a gzip'd overlay holding `/check` (a sh script
+/// made of `body` and a final reset) into `dir`, and returns its path. Boot
+/// it with `rdinit=/check`.
+fn with_check_script(initramfs: &Path, dir: &Path, body: &str) -> std::path::PathBuf {
+    let overlay = dir.join("overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("check"),
+        format!("#!/bin/sh\n{body}\nreboot -f\n"),
+    )
+    .unwrap();
+    let initrd = dir.join("initrd");
+    let r = run(Command::new("sh").arg("-c").arg(format!(
+        "chmod 755 '{o}/check' && cat '{base}' > '{i}' && \
+         (cd '{o}' && echo check | cpio -o -H newc -R 0:0 --quiet) | gzip -n >> '{i}'",
+        o = overlay.display(),
+        base = initramfs.display(),
+        i = initrd.display()
+    )));
+    assert_eq!(r.code, Some(0), "overlay initramfs:\n{r}");
+    initrd
+}
+
 fn assert_agent_ran(out: &Finished) {
     assert_eq!(out.code, Some(0), "{out}");
     assert!(
@@ -131,30 +154,21 @@ fn ext4_image_from_a_directory_mounts_in_the_guest() {
     };
     let (img, img2) = (dir.join("a.ext4"), dir.join("b.ext4"));
     mkext4(&img);
+    // Reading the tree moves its atimes; the image must not change with them.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::read(tree.join("sub/greeting")).unwrap();
     mkext4(&img2);
     assert!(
         std::fs::read(&img).unwrap() == std::fs::read(&img2).unwrap(),
         "mkext4 is not reproducible"
     );
 
-    // An overlay cpio adds a check script as the guest's init.
-    let overlay = dir.join("overlay");
-    std::fs::create_dir_all(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("check"),
-        "#!/bin/sh\nmount -t devtmpfs dev /dev\nmkdir -p /mnt\n\
-         mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/sub/greeting && stat -c 'owner=%u:%g' /mnt/sub/greeting\n\
-         reboot -f\n",
-    )
-    .unwrap();
-    let initrd = dir.join("initrd");
-    let r = run(Command::new("sh").arg("-c").arg(format!(
-        "chmod 755 '{o}/check' && cat '{base}' > '{i}' && (cd '{o}' && echo check | cpio -o -H newc -R 0:0 --quiet) | gzip -n >> '{i}'",
-        o = overlay.display(),
-        base = a.initramfs.display(),
-        i = initrd.display()
-    )));
-    assert_eq!(r.code, Some(0), "overlay initramfs:\n{r}");
+    let initrd = with_check_script(
+        &a.initramfs,
+        &dir,
+        "mount -t devtmpfs dev /dev\nmkdir -p /mnt\n\
+         mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/sub/greeting && stat -c 'owner=%u:%g' /mnt/sub/greeting\n",
+    );
     let drive = format!(
         "id=d0,file={},format=raw,if=none,readonly=on",
         img.display()
@@ -175,5 +189,55 @@ fn ext4_image_from_a_directory_mounts_in_the_guest() {
         out.stdout.contains("owner=0:0"),
         "files must be owned by root:\n{out}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The guest kernel has, at run time, what the agent and handler
+/// confinement need (images/kernel.config asks for each).
+#[test]
+fn guest_kernel_has_the_features_the_agent_needs() {
+    if skipped("guest_kernel_has_the_features_the_agent_needs") {
+        return;
+    }
+    let a = Artifacts::from_env();
+    let dir = tempdir("features");
+    let checks = [
+        ("smp", "[ $(grep -c ^processor /proc/cpuinfo) = 2 ]"),
+        ("ext4", "grep -qw ext4 /proc/filesystems"),
+        ("tmpfs", "grep -qw tmpfs /proc/filesystems"),
+        ("overlay", "grep -qw overlay /proc/filesystems"),
+        ("cgroup2", "mkdir -p /cg && mount -t cgroup2 none /cg && grep -qw memory /cg/cgroup.controllers && grep -qw pids /cg/cgroup.controllers && grep -qw cpu /cg/cgroup.controllers"),
+        ("namespaces", "for n in pid net user uts ipc cgroup mnt; do [ -e /proc/self/ns/$n ] || exit 1; done"),
+        ("seccomp", "grep -q '^Seccomp_filters:' /proc/self/status"),
+        ("unix", "[ -e /proc/net/unix ]"),
+        ("loopback", "ip link set lo up && ip addr show lo | grep -q 127.0.0.1"),
+        ("vsock", "[ -c /dev/vsock ]"),
+        ("virtio-rng", "grep -q virtio_rng /sys/class/misc/hw_random/rng_available"),
+        ("console-8250", "grep -q 'ttyS0' /proc/consoles"),
+        ("no-ipv6", "! [ -e /proc/net/if_inet6 ]"),
+    ];
+    let mut body = String::from(
+        "mount -t devtmpfs dev /dev\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n",
+    );
+    for (name, check) in checks {
+        body.push_str(&format!("if ( {check} ); then echo 'FEATURE {name} ok'; else echo 'FEATURE {name} MISSING'; fi\n"));
+    }
+    let initrd = with_check_script(&a.initramfs, &dir, &body);
+    let out = qemu_boot(
+        "microvm,acpi=off",
+        &a.vmlinux,
+        &initrd,
+        "console=ttyS0 reboot=k panic=-1 quiet rdinit=/check",
+        &["-smp", "2", "-device", "virtio-rng-device"],
+    );
+    assert_eq!(out.code, Some(0), "{out}");
+    for (name, _) in checks {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.trim_end() == format!("FEATURE {name} ok")),
+            "guest kernel lacks {name}:\n{out}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
