@@ -5,6 +5,11 @@
 
 umask 022
 
+# print_help: prints the calling script's header comment (its usage).
+print_help() {
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+}
+
 log() { printf '%s: %s\n' "${EMBER_LOG_PREFIX:-$(basename "$0")}" "$*" >&2; }
 warn() { log "warning: $*"; }
 die() { log "error: $*"; exit 1; }
@@ -19,6 +24,18 @@ need_cmds() {
 # ember_cache_dir: where build outputs live, outside any checkout.
 ember_cache_dir() {
     printf '%s\n' "${EMBER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ember}"
+}
+
+# cache_hit PATH: true if PATH exists; marks it used (for prune_cache).
+cache_hit() {
+    [ -e "$1" ] && touch -c "$1"
+}
+
+# prune_cache DIR: removes cache entries unused for 30 days (entries in use
+# are touched by cache_hit; half-built ".work"/".tmp" leftovers go too).
+prune_cache() {
+    find "$1" -mindepth 1 -maxdepth 1 \( -name 'kernel-*' -o -name 'initramfs-*' \
+        -o -name 'softhost-*' \) -mtime +30 -exec rm -rf {} + 2>/dev/null || true
 }
 
 # build_static_bin PACKAGE BIN: builds a statically linked release binary of
