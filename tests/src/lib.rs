@@ -149,3 +149,26 @@ pub fn tempdir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     dir
 }
+
+/// Writes `initramfs` plus a gzip'd overlay holding `/check` (a sh script
+/// made of `body` and a final reset) into `dir`, and returns its path. Boot
+/// it with `rdinit=/check`.
+pub fn initramfs_with_check(initramfs: &Path, dir: &Path, body: &str) -> PathBuf {
+    let overlay = dir.join("overlay");
+    std::fs::create_dir_all(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("check"),
+        format!("#!/bin/sh\n{body}\nreboot -f\n"),
+    )
+    .unwrap();
+    let initrd = dir.join("initrd");
+    let r = run(Command::new("sh").arg("-c").arg(format!(
+        "chmod 755 '{o}/check' && cat '{base}' > '{i}' && \
+         (cd '{o}' && echo check | cpio -o -H newc -R 0:0 --quiet) | gzip -n >> '{i}'",
+        o = overlay.display(),
+        base = initramfs.display(),
+        i = initrd.display()
+    )));
+    assert_eq!(r.code, Some(0), "overlay initramfs:\n{r}");
+    initrd
+}

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use ember_e2e::{repo_root, run, skipped, tempdir, Artifacts, Finished};
+use ember_e2e::{initramfs_with_check, repo_root, run, skipped, tempdir, Artifacts, Finished};
 
 /// Boots `kernel` with `initrd` in QEMU TCG; the guest must reset (which
 /// `-no-reboot` turns into QEMU exiting) within two minutes.
@@ -36,29 +36,6 @@ fn qemu_boot(
         .args(extra));
     assert_ne!(out.code, Some(124), "guest did not finish in 120 s:\n{out}");
     out
-}
-
-/// Writes `initramfs` plus a gzip'd overlay holding `/check` (a sh script
-/// made of `body` and a final reset) into `dir`, and returns its path. Boot
-/// it with `rdinit=/check`.
-fn with_check_script(initramfs: &Path, dir: &Path, body: &str) -> std::path::PathBuf {
-    let overlay = dir.join("overlay");
-    std::fs::create_dir_all(&overlay).unwrap();
-    std::fs::write(
-        overlay.join("check"),
-        format!("#!/bin/sh\n{body}\nreboot -f\n"),
-    )
-    .unwrap();
-    let initrd = dir.join("initrd");
-    let r = run(Command::new("sh").arg("-c").arg(format!(
-        "chmod 755 '{o}/check' && cat '{base}' > '{i}' && \
-         (cd '{o}' && echo check | cpio -o -H newc -R 0:0 --quiet) | gzip -n >> '{i}'",
-        o = overlay.display(),
-        base = initramfs.display(),
-        i = initrd.display()
-    )));
-    assert_eq!(r.code, Some(0), "overlay initramfs:\n{r}");
-    initrd
 }
 
 fn assert_agent_ran(out: &Finished) {
@@ -163,7 +140,7 @@ fn ext4_image_from_a_directory_mounts_in_the_guest() {
         "mkext4 is not reproducible"
     );
 
-    let initrd = with_check_script(
+    let initrd = initramfs_with_check(
         &a.initramfs,
         &dir,
         "mount -t devtmpfs dev /dev\nmkdir -p /mnt\n\
@@ -222,7 +199,7 @@ fn guest_kernel_has_the_features_the_agent_needs() {
     for (name, check) in checks {
         body.push_str(&format!("if ( {check} ); then echo 'FEATURE {name} ok'; else echo 'FEATURE {name} MISSING'; fi\n"));
     }
-    let initrd = with_check_script(&a.initramfs, &dir, &body);
+    let initrd = initramfs_with_check(&a.initramfs, &dir, &body);
     let out = qemu_boot(
         "microvm,acpi=off",
         &a.vmlinux,
