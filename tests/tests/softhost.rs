@@ -12,7 +12,9 @@ fn streams_status_env_and_put_files_come_through() {
     }
     let dir = tempdir("put");
     std::fs::create_dir_all(dir.join("data/deep")).unwrap();
-    std::fs::write(dir.join("data/deep/payload"), "payload-bytes\n").unwrap();
+    std::fs::write(dir.join("outside"), "payload-bytes\n").unwrap();
+    // An absolute symlink to a file outside the put: its content must arrive.
+    std::os::unix::fs::symlink(dir.join("outside"), dir.join("data/deep/payload")).unwrap();
     let put_dir = format!("{}:nested/data", dir.join("data").display());
     // A dynamically linked binary from this machine: its libraries must come along.
     let put_dyn = "/usr/bin/stat:bin/gnu-stat";
