@@ -129,7 +129,9 @@ pub fn exchange_until(port: u16, request: &[u8], deadline: Duration) -> Option<V
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
             let mut reply = Vec::new();
+            // Half-close after the request so the server sees its end.
             if s.write_all(request).is_ok()
+                && s.shutdown(std::net::Shutdown::Write).is_ok()
                 && s.read_to_end(&mut reply).is_ok()
                 && !reply.is_empty()
             {
