@@ -55,6 +55,24 @@ fn artifact(var: &str) -> PathBuf {
     path
 }
 
+/// The artifacts for E2E test `test`, or `None` (said on stderr) when
+/// `EMBER_E2E_SKIP=1`. Panics with the reason when an artifact is missing.
+pub fn artifacts_unless_skipped(test: &str) -> Option<Artifacts> {
+    (!skipped(test)).then(Artifacts::from_env)
+}
+
+/// Asserts that `out` is a guest run that exited cleanly after the guest
+/// agent printed its ready marker from a 6.12 kernel.
+pub fn assert_agent_ready(out: &Finished) {
+    assert_eq!(out.code, Some(0), "{out}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.trim_end().starts_with("EMBER-GUEST-READY kernel=6.12.")),
+        "the guest agent did not report ready:\n{out}"
+    );
+}
+
 impl Artifacts {
     /// Reads the artifact paths `tests/run` exported; panics with the reason
     /// when one is missing.

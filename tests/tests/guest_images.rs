@@ -7,7 +7,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use ember_e2e::{initramfs_with_check, repo_root, run, skipped, tempdir, Artifacts, Finished};
+use ember_e2e::{
+    artifacts_unless_skipped, assert_agent_ready, initramfs_with_check, repo_root, run, tempdir,
+    Finished,
+};
 
 /// Boots `kernel` with `initrd` in QEMU TCG; the guest must reset (which
 /// `-no-reboot` turns into QEMU exiting) within two minutes.
@@ -38,22 +41,11 @@ fn qemu_boot(
     out
 }
 
-fn assert_agent_ran(out: &Finished) {
-    assert_eq!(out.code, Some(0), "{out}");
-    assert!(
-        out.stdout
-            .lines()
-            .any(|l| l.trim_end().starts_with("EMBER-GUEST-READY kernel=6.12.")),
-        "the guest agent did not report ready:\n{out}"
-    );
-}
-
 #[test]
 fn vmlinux_boots_to_the_guest_agent() {
-    if skipped("vmlinux_boots_to_the_guest_agent") {
+    let Some(a) = artifacts_unless_skipped("vmlinux_boots_to_the_guest_agent") else {
         return;
-    }
-    let a = Artifacts::from_env();
+    };
     let out = qemu_boot(
         "microvm",
         &a.vmlinux,
@@ -61,15 +53,14 @@ fn vmlinux_boots_to_the_guest_agent() {
         "console=ttyS0 reboot=k panic=-1",
         &[],
     );
-    assert_agent_ran(&out);
+    assert_agent_ready(&out);
 }
 
 #[test]
 fn bzimage_boots_to_the_guest_agent() {
-    if skipped("bzimage_boots_to_the_guest_agent") {
+    let Some(a) = artifacts_unless_skipped("bzimage_boots_to_the_guest_agent") else {
         return;
-    }
-    let a = Artifacts::from_env();
+    };
     let out = qemu_boot(
         "q35",
         &a.bzimage,
@@ -77,15 +68,16 @@ fn bzimage_boots_to_the_guest_agent() {
         "console=ttyS0 panic=-1",
         &[],
     );
-    assert_agent_ran(&out);
+    assert_agent_ready(&out);
 }
 
 #[test]
 fn initramfs_is_reproducible_and_holds_the_agent_and_busybox() {
-    if skipped("initramfs_is_reproducible_and_holds_the_agent_and_busybox") {
+    let Some(a) =
+        artifacts_unless_skipped("initramfs_is_reproducible_and_holds_the_agent_and_busybox")
+    else {
         return;
-    }
-    let a = Artifacts::from_env();
+    };
     let out = run(Command::new("sh").arg("-c").arg(format!(
         "gzip -dc '{}' | cpio -tv --numeric-uid-gid --quiet",
         a.initramfs.display()
@@ -115,10 +107,10 @@ fn initramfs_is_reproducible_and_holds_the_agent_and_busybox() {
 /// virtio-mmio + virtio-blk.
 #[test]
 fn ext4_image_from_a_directory_mounts_in_the_guest() {
-    if skipped("ext4_image_from_a_directory_mounts_in_the_guest") {
+    let Some(a) = artifacts_unless_skipped("ext4_image_from_a_directory_mounts_in_the_guest")
+    else {
         return;
-    }
-    let a = Artifacts::from_env();
+    };
     let dir = tempdir("ext4");
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
@@ -173,10 +165,9 @@ fn ext4_image_from_a_directory_mounts_in_the_guest() {
 /// confinement need (images/kernel.config asks for each).
 #[test]
 fn guest_kernel_has_the_features_the_agent_needs() {
-    if skipped("guest_kernel_has_the_features_the_agent_needs") {
+    let Some(a) = artifacts_unless_skipped("guest_kernel_has_the_features_the_agent_needs") else {
         return;
-    }
-    let a = Artifacts::from_env();
+    };
     let dir = tempdir("features");
     let checks = [
         ("smp", "[ $(grep -c ^processor /proc/cpuinfo) = 2 ]"),
