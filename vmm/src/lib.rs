@@ -1,4 +1,4 @@
-//! Ember's VMM: boots Linux microVMs on KVM with rust-vmm crates.
+//! Ember's VMM for Linux microVMs on KVM, built on rust-vmm crates.
 //!
 //! Modules, in boot order as they land:
 //! - [`probe`]: proves `/dev/kvm` can run a guest (API version, a tiny guest).
