@@ -81,12 +81,25 @@ fn forwarded_port_reaches_a_server_inside() {
         return;
     }
     let port = free_port();
-    let child = softhost(&["--timeout", "300", "--forward", &port.to_string()])
-        .args(["sh", "-c", &format!("echo pong | nc -l -p {port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn softhost");
+    // Our own busybox: on a hardware KVM host the command runs there, where
+    // `nc` may be another netcat.
+    let child = softhost(&[
+        "--timeout",
+        "300",
+        "--forward",
+        &port.to_string(),
+        "--put",
+        "/bin/busybox:busybox",
+    ])
+    .args([
+        "sh",
+        "-c",
+        &format!("echo pong | ./busybox nc -l -p {port}"),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn softhost");
     let reply = exchange_until(port, b"ping\n", Duration::from_secs(240));
     let out: ember_e2e::Finished = child.wait_with_output().expect("wait softhost").into();
     assert_eq!(
