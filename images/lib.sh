@@ -51,6 +51,20 @@ build_static_bin() {
     printf '%s\n' "$out"
 }
 
+# export_image_paths: builds the guest images (cached) and exports their
+# paths as EMBER_VMLINUX, EMBER_BZIMAGE and EMBER_INITRAMFS.
+export_image_paths() {
+    local paths key value
+    paths=$("$repo/images/build" --print-paths) || die "images/build failed"
+    while IFS='=' read -r key value; do
+        case "$key" in
+            vmlinux) export EMBER_VMLINUX=$value ;;
+            bzimage) export EMBER_BZIMAGE=$value ;;
+            initramfs) export EMBER_INITRAMFS=$value ;;
+        esac
+    done <<<"$paths"
+}
+
 # Debian's static busybox, which every Ember initramfs carries.
 busybox_bin=/bin/busybox
 
