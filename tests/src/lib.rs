@@ -24,6 +24,8 @@ pub struct Artifacts {
     pub bzimage: PathBuf,
     /// The guest initramfs (gzip'd cpio).
     pub initramfs: PathBuf,
+    /// The statically linked `vsock-tool` (both ends of the vsock tests).
+    pub vsock_tool: PathBuf,
 }
 
 /// The checkout's root directory.
@@ -82,6 +84,7 @@ impl Artifacts {
             vmlinux: artifact("EMBER_VMLINUX"),
             bzimage: artifact("EMBER_BZIMAGE"),
             initramfs: artifact("EMBER_INITRAMFS"),
+            vsock_tool: artifact("EMBER_VSOCK_TOOL"),
         }
     }
 }
@@ -174,6 +177,12 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// made of `body` and a final reset) into `dir`, and returns its path. Boot
 /// it with `rdinit=/check`.
 pub fn initramfs_with_check(initramfs: &Path, dir: &Path, body: &str) -> PathBuf {
+    initramfs_with(initramfs, dir, body, &[])
+}
+
+/// Like [`initramfs_with_check`], with `extra` files copied into the
+/// overlay's root under their file names.
+pub fn initramfs_with(initramfs: &Path, dir: &Path, body: &str, extra: &[&Path]) -> PathBuf {
     let overlay = dir.join("overlay");
     std::fs::create_dir_all(&overlay).unwrap();
     std::fs::write(
@@ -181,13 +190,21 @@ pub fn initramfs_with_check(initramfs: &Path, dir: &Path, body: &str) -> PathBuf
         format!("#!/bin/sh\n{body}\nreboot -f\n"),
     )
     .unwrap();
+    let mut names = vec!["check".to_string()];
+    for file in extra {
+        let name = file.file_name().expect("extra files have names");
+        std::fs::copy(file, overlay.join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+        names.push(name.to_string_lossy().into_owned());
+    }
     let initrd = dir.join("initrd");
     let r = run(Command::new("sh").arg("-c").arg(format!(
         "chmod 755 '{o}/check' && cat '{base}' > '{i}' && \
-         (cd '{o}' && echo check | cpio -o -H newc -R 0:0 --quiet) | gzip -n >> '{i}'",
+         (cd '{o}' && printf '%s\\n' {names} | cpio -o -H newc -R 0:0 --quiet) | gzip -n >> '{i}'",
         o = overlay.display(),
         base = initramfs.display(),
-        i = initrd.display()
+        i = initrd.display(),
+        names = names.join(" ")
     )));
     assert_eq!(r.code, Some(0), "overlay initramfs:\n{r}");
     initrd

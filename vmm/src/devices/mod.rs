@@ -1,4 +1,7 @@
 //! Devices the guest sees: the legacy PC pieces and the virtio devices.
 
 pub mod bus;
+pub mod i8042;
+pub mod legacy;
+pub mod serial;
 pub mod virtio;

@@ -285,3 +285,7 @@ impl BusDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "mmio_tests.rs"]
+mod tests;
