@@ -1,13 +1,13 @@
 //! virtio-block: a guest disk backed by a raw file (or host block device).
 //!
-//! - [`device`]: the virtio device: features, config space, activation, and
+//! - `device`: the virtio device [`Block`]: features, config space, activation, and
 //!   the queue handler the event loop runs when the guest kicks the queue.
 //! - `request`: parses one request from a descriptor chain, validates it
 //!   against the disk, runs it and writes its status.
 //! - `disk`: the backing file: its size in sectors, the id, positioned I/O
 //!   between the file and guest memory.
 
-pub mod device;
+mod device;
 mod disk;
 mod request;
 
