@@ -6,6 +6,7 @@
 //! drive, and the event loop, which runs the device's queue work when the
 //! guest kicks a queue (an ioeventfd) or a host socket is ready.
 
+pub mod block;
 pub mod interrupt;
 pub mod mmio;
 
