@@ -248,24 +248,9 @@ pub fn parse_serial(spec: &str) -> Result<SerialOutput, ConfigError> {
 
 /// Parses a drive as `PATH[,ro]`.
 pub fn parse_drive(spec: &str) -> Result<DriveConfig, ConfigError> {
-    let (path, read_only) = match spec.rsplit_once(',') {
-        Some((path, "ro")) => (path, true),
-        Some((path, "rw")) => (path, false),
-        Some((_, option)) => {
-            return Err(ConfigError::new(
-                field::DRIVE,
-                format!("{spec:?}: unknown option {option:?} (expected PATH, PATH,ro or PATH,rw)"),
-            ))
-        }
-        None => (spec, false),
-    };
-    if path.is_empty() {
-        return Err(ConfigError::new(field::DRIVE, format!("{spec:?}: empty path")));
-    }
-    Ok(DriveConfig {
-        path: path.into(),
-        read_only,
-    })
+    let (path, read_only) = crate::devices::virtio::block::parse_drive_spec(spec)
+        .map_err(|e| ConfigError::new(field::DRIVE, e.to_string()))?;
+    Ok(DriveConfig { path, read_only })
 }
 
 /// The JSON config file, shaped like Firecracker's.
