@@ -72,6 +72,9 @@ pub const IRQ_VIRTIO_FIRST: u32 = 5;
 pub const IRQ_VIRTIO_LAST: u32 = 23;
 /// Number of IOAPIC pins (IRQ 0..=23).
 pub const IOAPIC_PINS: u32 = 24;
+/// Most vCPUs a guest may have: xAPIC ids 0..=253 for the vCPUs, the next
+/// id for the IOAPIC, and 0xff is the broadcast id.
+pub const MAX_VCPUS: u8 = 254;
 /// Number of virtio-mmio devices the IRQ range leaves room for.
 pub const MAX_VIRTIO_DEVICES: usize = (IRQ_VIRTIO_LAST - IRQ_VIRTIO_FIRST + 1) as usize;
 
