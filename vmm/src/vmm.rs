@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
 use crate::arch;
+use crate::arch::layout::{virtio_slot, VirtioSlot};
 use crate::config::{field, ConfigError, VmmConfig};
 use crate::devices::bus::{lock, Bus};
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
@@ -112,7 +113,7 @@ struct DeviceWiring<'a> {
     mmio: Bus,
     event_manager: &'a mut EventManager<Subscriber>,
     cmdline: Cmdline,
-    virtio_count: u64,
+    virtio_count: usize,
 }
 
 impl DeviceWiring<'_> {
@@ -124,21 +125,18 @@ impl DeviceWiring<'_> {
         Ok(evt)
     }
 
-    /// The interrupt for the next virtio device, and its IRQ.
-    fn next_virtio_interrupt(&self) -> Result<(VirtioInterrupt, u32), VmmError> {
-        let irq = arch::layout::IRQ_VIRTIO_FIRST + self.virtio_count as u32;
-        if irq > arch::layout::IRQ_MAX {
-            return Err(VmmError::Device("out of IRQs for virtio devices".into()));
-        }
-        Ok((VirtioInterrupt::new(self.irqfd(irq)?), irq))
+    /// The slot (register window and IRQ) and interrupt of the next virtio device.
+    fn next_virtio_slot(&self) -> Result<(VirtioInterrupt, VirtioSlot), VmmError> {
+        let slot = virtio_slot(self.virtio_count).map_err(|e| VmmError::Device(e.to_string()))?;
+        Ok((VirtioInterrupt::new(self.irqfd(slot.irq)?), slot))
     }
 
     fn attach_virtio<D: VirtioDevice + 'static>(
         &mut self,
         device: Arc<Mutex<D>>,
-        irq: u32,
+        slot: VirtioSlot,
     ) -> Result<(), VmmError> {
-        let base = arch::layout::MMIO_GAP_START + self.virtio_count * MMIO_WINDOW_SIZE;
+        let (base, irq) = (slot.base.0, slot.irq);
         for (index, evt) in lock(&device).queue_events().iter().enumerate() {
             self.vm
                 .register_ioevent(
@@ -255,17 +253,17 @@ impl Vmm {
             .map_err(|e| VmmError::Device(e.to_string()))?;
 
         for drive in std::mem::take(&mut res.drives) {
-            let (interrupt, irq) = wiring.next_virtio_interrupt()?;
+            let (interrupt, slot) = wiring.next_virtio_slot()?;
             let block = Block::new(drive.file, drive.read_only, drive.id, interrupt)
                 .map_err(|e| ConfigError::new(field::DRIVE, e.to_string()))?;
-            wiring.attach_virtio(Arc::new(Mutex::new(block)), irq)?;
+            wiring.attach_virtio(Arc::new(Mutex::new(block)), slot)?;
         }
         if let Some((socket, cid)) = res.vsock.take() {
-            let (interrupt, irq) = wiring.next_virtio_interrupt()?;
+            let (interrupt, slot) = wiring.next_virtio_slot()?;
             let (listener, path) = socket.into_parts();
             let vsock = Vsock::new(cid, path, listener, interrupt)
                 .map_err(|e| ConfigError::new(field::UDS, e.to_string()))?;
-            wiring.attach_virtio(Arc::new(Mutex::new(vsock)), irq)?;
+            wiring.attach_virtio(Arc::new(Mutex::new(vsock)), slot)?;
         }
 
         let DeviceWiring {
