@@ -8,6 +8,7 @@
 
 pub mod interrupt;
 pub mod mmio;
+pub mod vsock;
 
 use event_manager::MutEventSubscriber;
 use vm_memory::GuestMemoryMmap;
