@@ -9,6 +9,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod vsock;
 
 use event_manager::MutEventSubscriber;
 use vm_memory::GuestMemoryMmap;
