@@ -165,7 +165,8 @@ impl VmmConfig {
 
     /// Parses and validates a Firecracker-style JSON config file's text.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let file: JsonConfig = serde_json::from_str(text)
+        let mut de = serde_json::Deserializer::from_str(text);
+        let file: JsonConfig = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| ConfigError::new(field::CONFIG, format!("invalid config: {e}")))?;
         let machine = file.machine_config.unwrap_or_default();
         let config = VmmConfig {

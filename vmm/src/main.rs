@@ -30,13 +30,13 @@ struct Cli {
     #[arg(long, value_name = "STR", default_value = config::DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
     vcpus: u8,
     /// Guest memory in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = 128, allow_negative_numbers = true)]
     mem_mib: u64,
     /// The guest's vsock context id (3 or more); needs --vsock-uds.
-    #[arg(long, value_name = "N", requires = "vsock_uds")]
+    #[arg(long, value_name = "N", requires = "vsock_uds", allow_negative_numbers = true)]
     vsock_cid: Option<u64>,
     /// Host Unix socket for vsock (guest-initiated connections to port P go to PATH_P).
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
@@ -92,8 +92,32 @@ impl Cli {
     }
 }
 
+/// Parses the command line; usage errors become one line on stderr and exit status 2.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            e.exit();
+        }
+        // clap's message up to the usage block, folded onto one line.
+        let rendered = e.render().to_string();
+        let message: Vec<&str> = rendered
+            .lines()
+            .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+            .map(str::trim)
+            .collect();
+        let message = message.join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        eprintln!("ember-vmm: {message} (see --help)");
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let level = cli.log_level.parse().unwrap_or(log::LevelFilter::Info);
     ember_vmm::logger::init(level);
     if let Some(Command::Probe) = cli.command {

@@ -116,8 +116,22 @@ impl MmioTransport {
             self.needs_reset();
             return;
         }
+        // The device gets its own copies; the transport keeps answering
+        // register reads from the originals.
+        let queues = match self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(queues) => queues,
+            Err(e) => {
+                warn!("virtio-mmio: queue setup rejected: {e:?}");
+                self.needs_reset();
+                return;
+            }
+        };
         let mut device = lock(&self.device);
-        let queues = std::mem::replace(&mut self.queues, fresh_queues(&*device));
         if let Err(e) = device.activate(self.mem.clone(), queues) {
             error!(
                 "virtio-mmio: device type {} failed to activate: {e}",
