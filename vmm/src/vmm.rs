@@ -102,6 +102,8 @@ pub struct Vmm {
     exit: Arc<ExitSignal>,
     _vm: VmFd,
     _kvm: Kvm,
+    // KVM maps guest RAM from this mapping: it must outlive the vCPUs.
+    _mem: GuestMemoryMmap,
 }
 
 /// Wires devices to the VM: buses, IRQs, ioeventfds, the event loop and
@@ -212,7 +214,7 @@ impl Vmm {
                 flags: 0,
             };
             // SAFETY: the region is a live mapping owned by `mem`, which the
-            // Vmm keeps (through the devices and vCPU setup) as long as the VM.
+            // Vmm keeps as long as the VM.
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(kvm_err(format!("registering memory slot {slot}")))?;
         }
@@ -303,6 +305,7 @@ impl Vmm {
             exit,
             _vm: vm,
             _kvm: kvm,
+            _mem: mem,
         })
     }
 
