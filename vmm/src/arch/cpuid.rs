@@ -9,7 +9,9 @@
 
 pub mod xsave;
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VcpuFd};
 
 use super::layout::MAX_VCPUS;
@@ -51,6 +53,15 @@ pub enum CpuidError {
     MissingLeaf {
         /// The leaf.
         function: u32,
+    },
+    /// The CPUID table has no room for a rebuilt leaf.
+    #[error("no room in the CPUID table for the sub-leaves of leaf {function:#x}: {source}")]
+    TableFull {
+        /// The leaf being rebuilt.
+        function: u32,
+        /// What the table reported.
+        #[source]
+        source: vmm_sys_util::fam::Error,
     },
     /// A KVM ioctl failed.
     #[error("KVM call {call} failed: {source}")]
@@ -112,11 +123,22 @@ pub fn for_vcpu(supported: &CpuId, vcpu_index: u8, num_cpus: u8) -> Result<CpuId
         match entry.function {
             0x1 => leaf_1(entry, &topo),
             0x4 => leaf_4(entry, &topo),
-            0xb | 0x1f => extended_topology(entry, &topo),
             0x8000_0008 if amd => amd_core_count(entry, &topo),
             0x8000_001d => amd_cache_topology(entry, &topo),
             0x8000_001e => amd_extended_apic_id(entry, &topo),
             _ => {}
+        }
+    }
+    // KVM may list only some sub-leaves (an AMD host gives one empty 0xB
+    // sub-leaf): rebuild the extended topology leaves the host has.
+    for function in [0xb, 0x1f] {
+        if cpuid.as_slice().iter().any(|e| e.function == function) {
+            cpuid.retain(|e| e.function != function);
+            for entry in extended_topology(function, &topo) {
+                cpuid
+                    .push(entry)
+                    .map_err(|source| CpuidError::TableFull { function, source })?;
+            }
         }
     }
     xsave::normalize(&mut cpuid);
@@ -206,18 +228,24 @@ fn cache_sharing(eax: u32, topo: &Topology) -> u32 {
 }
 
 /// Leaves 0xB and 0x1F (extended topology): an SMT level of one thread, a
-/// core level of `num_cpus`, and the x2APIC id in EDX of every sub-leaf.
-fn extended_topology(entry: &mut kvm_cpuid_entry2, topo: &Topology) {
-    let index = entry.index;
-    let (shift, count, level_type) = match index {
-        0 => (0, 1, LEVEL_TYPE_SMT),
-        1 => (topo.core_shift, topo.num_cpus, LEVEL_TYPE_CORE),
-        _ => (0, 0, 0),
+/// core level of `num_cpus`, the terminating invalid level, and the x2APIC
+/// id in EDX of every sub-leaf.
+fn extended_topology(function: u32, topo: &Topology) -> [kvm_cpuid_entry2; 3] {
+    let level = |index: u32, shift: u32, count: u32, level_type: u32| kvm_cpuid_entry2 {
+        function,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax: shift,
+        ebx: count,
+        ecx: (level_type << 8) | index,
+        edx: topo.apic_id,
+        ..Default::default()
     };
-    entry.eax = shift;
-    entry.ebx = count;
-    entry.ecx = (level_type << 8) | (index & 0xff);
-    entry.edx = topo.apic_id;
+    [
+        level(0, 0, 1, LEVEL_TYPE_SMT),
+        level(1, topo.core_shift, topo.num_cpus, LEVEL_TYPE_CORE),
+        level(2, 0, 0, 0),
+    ]
 }
 
 /// AMD leaf 0x8000_0008 ECX: cores in the package - 1 and the APIC id bits

@@ -160,7 +160,7 @@ pub fn load(
                 BzImage::load(mem, Some(himem), kernel, Some(himem)).map_err(LoadError::BzImage)?;
             // BzImage::load always returns the header it read.
             let hdr = loaded.setup_header.unwrap_or_default();
-            if hdr.xloadflags & XLF_KERNEL_64 as u16 == 0 {
+            if hdr.xloadflags & XLF_KERNEL_64 == 0 {
                 return Err(LoadError::BzImageNot64Bit {
                     version: hdr.version,
                     xloadflags: hdr.xloadflags,
@@ -168,7 +168,7 @@ pub fn load(
             }
             // The decompressor runs in place at max(load, pref_address) and
             // needs init_size bytes there; keep the initrd clear of it.
-            let run_at = u64::from(hdr.pref_address).max(HIMEM_START);
+            let run_at = hdr.pref_address.max(HIMEM_START);
             let end = loaded
                 .kernel_end
                 .max(run_at.saturating_add(u64::from(hdr.init_size)));
