@@ -87,7 +87,10 @@ fn guest_initiated_connects_to_the_port_socket() {
     let pkts = g.recv();
     assert_eq!(ops(&pkts), [op::RESPONSE]);
     let hdr = pkts[0].0;
-    assert_eq!((hdr.src_port, hdr.dst_port, hdr.dst_cid), (5000, 40000, GUEST_CID));
+    assert_eq!(
+        (hdr.src_port, hdr.dst_port, hdr.dst_cid),
+        (5000, 40000, GUEST_CID)
+    );
     assert!(hdr.buf_alloc > 0);
     let (mut host, _) = listener.accept().unwrap();
 
@@ -241,7 +244,10 @@ fn guest_ignoring_credit_is_reset() {
     g.add_rx(2);
     let chunk = vec![0xabu8; 64 * 1024];
     for _ in 0..32 {
-        g.send(g.hdr(14, local, op::RW).with_len(chunk.len() as u32), &chunk);
+        g.send(
+            g.hdr(14, local, op::RW).with_len(chunk.len() as u32),
+            &chunk,
+        );
         g.run();
         if lock(&g.dev).connection_count() == 0 {
             break;
@@ -267,7 +273,10 @@ fn credit_updates_follow_the_host_draining_the_buffer() {
     let chunk = vec![1u8; 64 * 1024];
     // Fill until the socket pushes back into the device's buffer.
     for _ in 0..4 {
-        g.send(g.hdr(15, local, op::RW).with_len(chunk.len() as u32), &chunk);
+        g.send(
+            g.hdr(15, local, op::RW).with_len(chunk.len() as u32),
+            &chunk,
+        );
     }
     g.run();
     // Drain on the host side while the device flushes its buffer.

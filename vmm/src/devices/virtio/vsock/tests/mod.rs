@@ -16,8 +16,8 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::packet::{op, Header, HEADER_SIZE, TYPE_STREAM};
@@ -30,6 +30,9 @@ const MEM_SIZE: usize = 0x100_0000;
 const QUEUE_LEN: u16 = 256;
 const QUEUE_ADDRS: [u64; 3] = [0x0, 0x1_0000, 0x2_0000];
 const BUF_START: u64 = 0x10_0000;
+/// Where each used ring lives, from its queue's base. The mock's own used
+/// ring overlaps the second half of its avail ring for queues of 256.
+const USED_OFFSET: u64 = 0x8000;
 pub const RX_DATA_LEN: u32 = 4096;
 pub const RX: usize = 0;
 pub const TX: usize = 1;
@@ -73,7 +76,8 @@ pub struct Guest<'a> {
     em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
     pub dev: Arc<Mutex<Vsock>>,
     pub uds: PathBuf,
-    pub dir: TempDir,
+    /// Holds the sockets; removed with the guest.
+    _dir: TempDir,
 }
 
 impl<'a> Guest<'a> {
@@ -95,7 +99,16 @@ impl<'a> Guest<'a> {
         let dev = Arc::new(Mutex::new(vsock));
         let mut em = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new().unwrap();
         em.add_subscriber(dev.clone());
-        let qs: Vec<Queue> = queues.iter().map(|q| q.create_queue().unwrap()).collect();
+        let qs: Vec<Queue> = queues
+            .iter()
+            .zip(QUEUE_ADDRS)
+            .map(|(q, base)| {
+                let mut q: Queue = q.create_queue().unwrap();
+                let used = base + USED_OFFSET;
+                q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+                q
+            })
+            .collect();
         lock(&dev).activate(mem.clone(), qs).unwrap();
         let mut g = Self {
             mem,
@@ -107,7 +120,7 @@ impl<'a> Guest<'a> {
             em,
             dev,
             uds,
-            dir,
+            _dir: dir,
         };
         g.run();
         g
@@ -116,13 +129,19 @@ impl<'a> Guest<'a> {
     fn alloc(&mut self, len: u64) -> u64 {
         let addr = self.next_buf;
         self.next_buf += len.next_multiple_of(16);
-        assert!(self.next_buf < MEM_SIZE as u64, "test ran out of buffer memory");
+        assert!(
+            self.next_buf < MEM_SIZE as u64,
+            "test ran out of buffer memory"
+        );
         addr
     }
 
     /// Puts one chain on queue `q` (descriptors linked in order) and returns its head.
     pub fn add_chain(&mut self, q: usize, descs: &[(u64, u32, u16)]) -> u16 {
-        let first = self.next_desc[q];
+        let mut first = self.next_desc[q];
+        if usize::from(first) + descs.len() > usize::from(QUEUE_LEN) {
+            first = 0; // chains never straddle the end of the table
+        }
         let raw: Vec<RawDescriptor> = descs
             .iter()
             .enumerate()
@@ -137,7 +156,19 @@ impl<'a> Guest<'a> {
                 RawDescriptor::from(Descriptor::new(addr, len, flags, (idx + 1) % QUEUE_LEN))
             })
             .collect();
-        self.queues[q].add_desc_chains(&raw, first).unwrap();
+        // Written by hand rather than with `add_desc_chains`, which does not
+        // wrap around the avail ring.
+        let mq = &self.queues[q];
+        for (i, d) in raw.into_iter().enumerate() {
+            mq.desc_table().store(first + i as u16, d).unwrap();
+        }
+        let avail_idx = mq.avail().idx().load();
+        mq.avail()
+            .ring()
+            .ref_at(usize::from(avail_idx % QUEUE_LEN))
+            .unwrap()
+            .store(first);
+        mq.avail().idx().store(avail_idx.wrapping_add(1));
         self.next_desc[q] = (first + descs.len() as u16) % QUEUE_LEN;
         first
     }
@@ -165,7 +196,9 @@ impl<'a> Guest<'a> {
     /// Sends one packet on TX (header and data in separate descriptors).
     pub fn send(&mut self, hdr: Header, data: &[u8]) {
         let h = self.alloc(HEADER_SIZE as u64);
-        self.mem.write_slice(&hdr.to_bytes(), GuestAddress(h)).unwrap();
+        self.mem
+            .write_slice(&hdr.to_bytes(), GuestAddress(h))
+            .unwrap();
         if data.is_empty() {
             self.add_chain(TX, &[(h, HEADER_SIZE as u32, 0)]);
         } else {
@@ -211,16 +244,15 @@ impl<'a> Guest<'a> {
 
     /// New used elements of queue `q` since the last call: (head, len).
     pub fn used(&mut self, q: usize) -> Vec<(u16, u32)> {
-        let ring = self.queues[q].used();
-        let idx = ring.idx().load();
+        let used = GuestAddress(QUEUE_ADDRS[q] + USED_OFFSET);
+        let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
         let mut out = vec![];
         while self.used_seen[q] != idx {
-            let e = ring
-                .ring()
-                .ref_at(usize::from(self.used_seen[q] % QUEUE_LEN))
-                .unwrap()
-                .load();
-            out.push((e.id() as u16, e.len()));
+            let slot = u64::from(self.used_seen[q] % QUEUE_LEN);
+            let elem = used.unchecked_add(4 + 8 * slot);
+            let id: u32 = self.mem.read_obj(elem).unwrap();
+            let len: u32 = self.mem.read_obj(elem.unchecked_add(4)).unwrap();
+            out.push((id as u16, len));
             self.used_seen[q] = self.used_seen[q].wrapping_add(1);
         }
         out
@@ -231,7 +263,9 @@ impl<'a> Guest<'a> {
         self.used(RX)
             .into_iter()
             .filter_map(|(head, len)| {
-                let (h, d) = self.rx_bufs.remove(&head).unwrap();
+                let Some((h, d)) = self.rx_bufs.remove(&head) else {
+                    panic!("device used RX chain {head} it was never given");
+                };
                 if len == 0 {
                     return None;
                 }
@@ -249,7 +283,7 @@ impl<'a> Guest<'a> {
     /// Connects a host client and sends `CONNECT <port>`.
     pub fn host_client(&mut self, port: u32) -> UnixStream {
         let mut s = UnixStream::connect(&self.uds).unwrap();
-        write!(s, "CONNECT {port}\n").unwrap();
+        writeln!(s, "CONNECT {port}").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         s
     }
@@ -325,7 +359,10 @@ fn bind_listener_refuses_live_long_and_replaces_stale() {
     let _again = bind_listener(&path).unwrap();
     let file = dir.0.join("f");
     std::fs::write(&file, b"not a socket").unwrap();
-    assert!(matches!(bind_listener(&file), Err(super::VsockError::InUse(_))));
+    assert!(matches!(
+        bind_listener(&file),
+        Err(super::VsockError::InUse(_))
+    ));
 }
 
 #[test]
