@@ -265,7 +265,7 @@ impl Connection {
     }
 
     /// Handles a packet the guest sent on this connection.
-    pub fn from_guest(
+    pub fn on_guest_packet(
         &mut self,
         pkt: &TxPacket,
         now: Instant,
@@ -350,7 +350,12 @@ impl Connection {
 
     /// Produces the next packet for the guest, reading host data into `buf`
     /// (at most its length, and never more than the guest's credit).
-    pub fn to_guest(&mut self, buf: &mut [u8], now: Instant, timeouts: &VsockTimeouts) -> ToGuest {
+    pub fn next_for_guest(
+        &mut self,
+        buf: &mut [u8],
+        now: Instant,
+        timeouts: &VsockTimeouts,
+    ) -> ToGuest {
         if std::mem::take(&mut self.pending.request) {
             return ToGuest::Packet(self.header(op::REQUEST));
         }

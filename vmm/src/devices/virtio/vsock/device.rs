@@ -151,7 +151,7 @@ impl Vsock {
             let Some(mut chain) = chain else { break };
             let head = chain.head_index();
             match packet::read_tx(mem, &mut chain) {
-                Ok(pkt) => self.muxer.from_guest(&pkt, now),
+                Ok(pkt) => self.muxer.on_guest_packet(&pkt, now),
                 Err(e) => log::warn!("vsock: dropping a TX chain: {e}"),
             }
             if let Err(e) = queue.add_used(mem, head, 0) {

@@ -62,8 +62,8 @@ impl Default for VsockTimeouts {
 /// Why the vsock device or its listener could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
-    /// CIDs 0-2 are reserved (hypervisor, local, host).
-    #[error("guest CID {0} is reserved; use 3 or more")]
+    /// CIDs 0-2 are reserved (hypervisor, local, host) and the spec keeps the upper 32 bits zero.
+    #[error("guest CID {0} is reserved or too large; use 3 to 4294967295")]
     ReservedCid(u64),
     /// The Unix socket path does not fit in `sockaddr_un`.
     #[error("vsock socket path {path:?} is {len} bytes; Unix socket paths are limited to {max}", max = MAX_UDS_PATH_LEN)]

@@ -197,7 +197,7 @@ impl Muxer {
 
     /// Handles one packet from the guest. Nothing in it is trusted: the
     /// source must be the guest's CID, the destination the host.
-    pub fn from_guest(&mut self, pkt: &TxPacket, now: Instant) {
+    pub fn on_guest_packet(&mut self, pkt: &TxPacket, now: Instant) {
         let hdr = &pkt.hdr;
         if hdr.src_cid != self.guest_cid {
             log::warn!(
@@ -226,7 +226,7 @@ impl Muxer {
         let timeouts = self.timeouts;
         match self.conns.get_mut(&key) {
             Some(conn) => {
-                let verdict = conn.from_guest(pkt, now, &timeouts);
+                let verdict = conn.on_guest_packet(pkt, now, &timeouts);
                 self.apply(key, verdict);
             }
             None if hdr.op == op::REQUEST => self.guest_connect(hdr),
@@ -415,7 +415,7 @@ impl Muxer {
                 continue;
             };
             conn.queued = false;
-            match conn.to_guest(buf, now, &timeouts) {
+            match conn.next_for_guest(buf, now, &timeouts) {
                 ToGuest::Packet(hdr) => {
                     self.enqueue(key);
                     return Some(hdr);

@@ -73,6 +73,13 @@ impl Header {
         b
     }
 
+    /// The same header with `len` set (used by tests playing the guest).
+    #[cfg(test)]
+    pub fn with_len(mut self, len: u32) -> Self {
+        self.len = len;
+        self
+    }
+
     /// Parses the wire form (used by tests playing the guest).
     #[cfg(test)]
     pub fn from_bytes(b: &[u8; HEADER_SIZE]) -> Self {
