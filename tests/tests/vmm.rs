@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ember_e2e::{artifacts_unless_skipped, initramfs_with, run, softhost, tempdir, Artifacts, Finished};
+use ember_e2e::{
+    artifacts_unless_skipped, initramfs_with, run, softhost, tempdir, Artifacts, Finished,
+};
 
 /// The guest command line of these tests (`reboot=k`: the i8042 reset ends the VMM).
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet rdinit=/check";
@@ -50,14 +52,19 @@ fn boot_and_reboot(test: &str, kernel_of: fn(&Artifacts) -> &Path, vcpus: u32) {
          echo VMM-EXIT $?"
     );
     let out = in_softhost(
-        &[(&a.vmm, "ember-vmm"), (kernel_of(&a), "kernel"), (&initrd, "initrd")],
+        &[
+            (&a.vmm, "ember-vmm"),
+            (kernel_of(&a), "kernel"),
+            (&initrd, "initrd"),
+        ],
         &script,
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert_line(&out, &format!("GUEST-INIT cpus={vcpus}"));
     assert_line(&out, "VMM-EXIT 0");
     assert!(
-        out.stderr.contains("guest stopped: reset through the i8042 controller"),
+        out.stderr
+            .contains("guest stopped: reset through the i8042 controller"),
         "the VMM must report the guest's reboot:\n{out}"
     );
 }
@@ -83,7 +90,7 @@ fn vsock_echoes_both_ways_and_sigterm_exits_cleanly() {
     let initrd = guest_initrd(
         &a,
         &dir,
-        "/vsock-tool guest-echo 5000 &\n/vsock-tool guest-send 7000 1048576 || echo GUEST-SEND-FAILED\nsleep 600",
+        "mount -t devtmpfs dev /dev\n/vsock-tool guest-echo 5000 &\n/vsock-tool guest-send 7000 1048576 || echo GUEST-SEND-FAILED\nsleep 600",
     );
     let script = format!(
         "./vsock-tool host-echo v.sock_7000 & \
@@ -98,16 +105,27 @@ fn vsock_echoes_both_ways_and_sigterm_exits_cleanly() {
     // The console goes to a file so the host script can wait for the guest.
     let script = script.replace("--vsock-cid 3", "--serial file:console --vsock-cid 3");
     let out = in_softhost(
-        &[(&a.vmm, "ember-vmm"), (&a.vmlinux, "vmlinux"), (&initrd, "initrd"), (&a.vsock_tool, "vsock-tool")],
+        &[
+            (&a.vmm, "ember-vmm"),
+            (&a.vmlinux, "vmlinux"),
+            (&initrd, "initrd"),
+            (&a.vsock_tool, "vsock-tool"),
+        ],
         &script,
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert_line(&out, "HOST-SEND-OK 1048576");
     assert_line(&out, "HOST-SEND-OK 1");
-    assert!(out.stdout.contains("GUEST-SEND-OK 1048576"), "guest→host echo failed:\n{out}");
+    assert!(
+        out.stdout.contains("GUEST-SEND-OK 1048576"),
+        "guest→host echo failed:\n{out}"
+    );
     assert!(!out.stdout.contains("FAILED"), "{out}");
     assert_line(&out, "VMM-EXIT 0");
-    assert!(!out.stdout.contains("SOCKET-LEFT"), "the vsock socket must be removed on exit:\n{out}");
+    assert!(
+        !out.stdout.contains("SOCKET-LEFT"),
+        "the vsock socket must be removed on exit:\n{out}"
+    );
     assert!(out.stderr.contains("stopped by signal 15"), "{out}");
 }
 
@@ -140,13 +158,22 @@ fn block_devices_read_and_write_raw_files() {
            --drive ro.img,ro --drive rw.img; echo VMM-EXIT $?; echo \"HOST-SEES $(head -c 13 rw.img)\""
     );
     let out = in_softhost(
-        &[(&a.vmm, "ember-vmm"), (&a.vmlinux, "vmlinux"), (&initrd, "initrd"), (&ro, "ro.img"), (&rw, "rw.img")],
+        &[
+            (&a.vmm, "ember-vmm"),
+            (&a.vmlinux, "vmlinux"),
+            (&initrd, "initrd"),
+            (&ro, "ro.img"),
+            (&rw, "rw.img"),
+        ],
         &script,
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert_line(&out, "RO-READ EMBER-RO-DISK");
     assert_line(&out, "RO-SIZE 2048");
-    assert!(!out.stdout.contains("RO-WRITE-SUCCEEDED"), "a read-only drive took a write:\n{out}");
+    assert!(
+        !out.stdout.contains("RO-WRITE-SUCCEEDED"),
+        "a read-only drive took a write:\n{out}"
+    );
     assert_line(&out, "RW-WRITE-OK");
     assert_line(&out, "RW-READBACK EMBER-WRITTEN");
     assert_line(&out, "VMM-EXIT 0");

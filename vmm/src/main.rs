@@ -13,7 +13,12 @@ use ember_vmm::vmm::Vmm;
 
 /// Ember's virtual machine monitor: boots a Linux microVM on KVM.
 #[derive(Parser)]
-#[command(name = "ember-vmm", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "ember-vmm",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -30,13 +35,28 @@ struct Cli {
     #[arg(long, value_name = "STR", default_value = config::DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        allow_negative_numbers = true
+    )]
     vcpus: u8,
     /// Guest memory in MiB.
-    #[arg(long, value_name = "N", default_value_t = 128, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
     mem_mib: u64,
     /// The guest's vsock context id (3 or more); needs --vsock-uds.
-    #[arg(long, value_name = "N", requires = "vsock_uds", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "vsock_uds",
+        allow_negative_numbers = true
+    )]
     vsock_cid: Option<u64>,
     /// Host Unix socket for vsock (guest-initiated connections to port P go to PATH_P).
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]

@@ -32,7 +32,10 @@ pub struct BoundSocket {
 impl BoundSocket {
     /// The listener and its path, for a device that takes over the cleanup.
     pub fn into_parts(mut self) -> (UnixListener, PathBuf) {
-        let listener = self.listener.take().expect("listener is present until handed on");
+        let listener = self
+            .listener
+            .take()
+            .expect("listener is present until handed on");
         (listener, std::mem::take(&mut self.path))
     }
 }
@@ -142,7 +145,9 @@ impl Resources {
                     .read(true)
                     .write(!d.read_only)
                     .open(&d.path)
-                    .map_err(|e| ConfigError::new(field::DRIVE, format!("{}: {e}", d.path.display())))?;
+                    .map_err(|e| {
+                        ConfigError::new(field::DRIVE, format!("{}: {e}", d.path.display()))
+                    })?;
                 let id: String = d
                     .path
                     .file_name()
@@ -173,10 +178,11 @@ impl Resources {
         let serial: ConsoleSink = match &config.serial {
             SerialOutput::Stdout => Box::new(std::io::stdout()),
             SerialOutput::None => Box::new(std::io::sink()),
-            SerialOutput::File(path) => Box::new(LineWriter::new(
-                File::create(path)
-                    .map_err(|e| ConfigError::new(field::SERIAL, format!("{}: {e}", path.display())))?,
-            )),
+            SerialOutput::File(path) => {
+                Box::new(LineWriter::new(File::create(path).map_err(|e| {
+                    ConfigError::new(field::SERIAL, format!("{}: {e}", path.display()))
+                })?))
+            }
         };
         Ok(Self {
             kernel,

@@ -154,7 +154,9 @@ impl DeviceWiring<'_> {
             .map_err(|e| VmmError::Device(e.to_string()))?;
         self.cmdline
             .add_virtio_mmio_device(MMIO_WINDOW_SIZE, vm_memory::GuestAddress(base), irq, None)
-            .map_err(|e| ConfigError::new(field::CMDLINE, format!("no room for virtio devices: {e}")))?;
+            .map_err(|e| {
+                ConfigError::new(field::CMDLINE, format!("no room for virtio devices: {e}"))
+            })?;
         self.event_manager.add_subscriber(device);
         self.virtio_count += 1;
         Ok(())
@@ -190,11 +192,16 @@ impl Vmm {
         let mut res = Resources::open(config)?;
 
         let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
-        let max_vcpus = kvm.get_max_vcpus().min(usize::from(crate::config::MAX_VCPUS));
+        let max_vcpus = kvm
+            .get_max_vcpus()
+            .min(usize::from(crate::config::MAX_VCPUS));
         if usize::from(config.vcpus) > max_vcpus {
             return Err(ConfigError::new(
                 field::VCPUS,
-                format!("{} vCPUs: this host's KVM allows at most {max_vcpus}", config.vcpus),
+                format!(
+                    "{} vCPUs: this host's KVM allows at most {max_vcpus}",
+                    config.vcpus
+                ),
             )
             .into());
         }
@@ -220,8 +227,8 @@ impl Vmm {
         }
 
         let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the stop event"))?);
-        let mut event_manager =
-            EventManager::<Subscriber>::new().map_err(|e| VmmError::Device(format!("event loop: {e}")))?;
+        let mut event_manager = EventManager::<Subscriber>::new()
+            .map_err(|e| VmmError::Device(format!("event loop: {e}")))?;
         event_manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
 
         let cmdline = Cmdline::try_from(&config.cmdline, arch::layout::CMDLINE_MAX_SIZE)
@@ -244,7 +251,10 @@ impl Vmm {
             .pio
             .insert(COM1_PORT, COM1_PORT_COUNT, serial.clone())
             .map_err(|e| VmmError::Device(e.to_string()))?;
-        let reset = exit.event().try_clone().map_err(io_err("cloning the stop event"))?;
+        let reset = exit
+            .event()
+            .try_clone()
+            .map_err(io_err("cloning the stop event"))?;
         wiring
             .pio
             .insert(
@@ -272,14 +282,13 @@ impl Vmm {
             pio, mmio, cmdline, ..
         } = wiring;
         debug!("guest command line: {:?}", cmdline.as_cstring().ok());
-        let boot = arch::loader::load(&mem, &mut res.kernel, res.initrd.as_mut(), &cmdline).map_err(
-            |e| match e {
+        let boot = arch::loader::load(&mem, &mut res.kernel, res.initrd.as_mut(), &cmdline)
+            .map_err(|e| match e {
                 arch::loader::LoadError::InitrdTooLarge { .. } => {
                     VmmError::from(ConfigError::new(field::INITRD, e.to_string()))
                 }
                 other => VmmError::from(ConfigError::new(field::KERNEL, other.to_string())),
-            },
-        )?;
+            })?;
         arch::mptable::setup(&mem, config.vcpus)?;
 
         let buses = Buses {
@@ -326,7 +335,9 @@ impl Vmm {
             match self.event_manager.run() {
                 Ok(_) => {}
                 Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
-                Err(e) => self.exit.stop(ExitReason::Failed(format!("event loop: {e}"))),
+                Err(e) => self
+                    .exit
+                    .stop(ExitReason::Failed(format!("event loop: {e}"))),
             }
         }
         stop_vcpus(threads);

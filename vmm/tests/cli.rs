@@ -42,7 +42,10 @@ fn vmm(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .expect("run ember-vmm");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Asserts a refusal: status 2 and one stderr line that holds every needle.
@@ -50,9 +53,17 @@ fn refused(args: &[&str], needles: &[&str]) {
     let (code, stderr) = vmm(args);
     assert_eq!(code, Some(2), "args {args:?}: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "args {args:?}: want one line, got:\n{stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "args {args:?}: want one line, got:\n{stderr}"
+    );
     for needle in needles {
-        assert!(lines[0].contains(needle), "args {args:?}: {:?} lacks {needle:?}", lines[0]);
+        assert!(
+            lines[0].contains(needle),
+            "args {args:?}: {:?} lacks {needle:?}",
+            lines[0]
+        );
     }
 }
 
@@ -63,11 +74,20 @@ fn s(p: &Path) -> &str {
 #[test]
 fn refuses_kernels_it_cannot_boot() {
     let dir = Dir::new("kernel");
-    refused(&["--kernel", "/nonexistent/vmlinux"], &["--kernel", "No such file"]);
+    refused(
+        &["--kernel", "/nonexistent/vmlinux"],
+        &["--kernel", "No such file"],
+    );
     let text = dir.path("notes.txt");
     std::fs::write(&text, "not a kernel").unwrap();
-    refused(&["--kernel", s(&text)], &["--kernel", "neither an ELF vmlinux nor a bzImage"]);
-    refused(&["--kernel", s(&dir.0)], &["--kernel", "not a regular file"]);
+    refused(
+        &["--kernel", s(&text)],
+        &["--kernel", "neither an ELF vmlinux nor a bzImage"],
+    );
+    refused(
+        &["--kernel", s(&dir.0)],
+        &["--kernel", "not a regular file"],
+    );
     refused(&[], &["--kernel"]);
 }
 
@@ -75,16 +95,38 @@ fn refuses_kernels_it_cannot_boot() {
 fn refuses_machine_sizes_out_of_range() {
     let dir = Dir::new("sizes");
     let k = dir.fake_kernel();
-    refused(&["--kernel", s(&k), "--vcpus", "0"], &["--vcpus", "must be 1 to 254"]);
+    refused(
+        &["--kernel", s(&k), "--vcpus", "0"],
+        &["--vcpus", "must be 1 to 254"],
+    );
     refused(&["--kernel", s(&k), "--vcpus", "255"], &["--vcpus"]);
     refused(&["--kernel", s(&k), "--vcpus", "-1"], &["--vcpus"]);
-    refused(&["--kernel", s(&k), "--mem-mib", "1"], &["--mem-mib", "must be 16"]);
-    refused(&["--kernel", s(&k), "--mem-mib", "1048576"], &["--mem-mib", "more than this host"]);
-    refused(&["--kernel", s(&k), "--mem-mib", "99999999999"], &["--mem-mib"]);
-    let initrd = dir.path("initrd");
-    std::fs::File::create(&initrd).unwrap().set_len(200 << 20).unwrap();
     refused(
-        &["--kernel", s(&k), "--initrd", s(&initrd), "--mem-mib", "128"],
+        &["--kernel", s(&k), "--mem-mib", "1"],
+        &["--mem-mib", "must be 16"],
+    );
+    refused(
+        &["--kernel", s(&k), "--mem-mib", "1048576"],
+        &["--mem-mib", "more than this host"],
+    );
+    refused(
+        &["--kernel", s(&k), "--mem-mib", "99999999999"],
+        &["--mem-mib"],
+    );
+    let initrd = dir.path("initrd");
+    std::fs::File::create(&initrd)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--initrd",
+            s(&initrd),
+            "--mem-mib",
+            "128",
+        ],
         &["--initrd", "does not fit in 128 MiB"],
     );
 }
@@ -94,21 +136,60 @@ fn refuses_bad_vsock_settings_and_leaves_no_socket() {
     let dir = Dir::new("vsock");
     let k = dir.fake_kernel();
     let uds = dir.path("v.sock");
-    refused(&["--kernel", s(&k), "--vsock-cid", "2", "--vsock-uds", s(&uds)], &["--vsock-cid", "must be 3"]);
+    refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--vsock-cid",
+            "2",
+            "--vsock-uds",
+            s(&uds),
+        ],
+        &["--vsock-cid", "must be 3"],
+    );
     refused(&["--kernel", s(&k), "--vsock-cid", "3"], &["--vsock-uds"]);
     let long = dir.path(&"x".repeat(120));
-    refused(&["--kernel", s(&k), "--vsock-cid", "3", "--vsock-uds", s(&long)], &["--vsock-uds", "too long"]);
+    refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            s(&long),
+        ],
+        &["--vsock-uds", "too long"],
+    );
 
     // A live socket is in use; it must survive the refusal.
     let live = UnixListener::bind(&uds).unwrap();
-    refused(&["--kernel", s(&k), "--vsock-cid", "3", "--vsock-uds", s(&uds)], &["--vsock-uds", "in use"]);
+    refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            s(&uds),
+        ],
+        &["--vsock-uds", "in use"],
+    );
     assert!(uds.exists(), "the other owner's socket must stay");
     drop(live);
 
     // A failure after the socket was bound removes it again.
     let _ = std::fs::remove_file(&uds);
     refused(
-        &["--kernel", s(&k), "--vsock-cid", "3", "--vsock-uds", s(&uds), "--serial", "file:/nonexistent/dir/console"],
+        &[
+            "--kernel",
+            s(&k),
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            s(&uds),
+            "--serial",
+            "file:/nonexistent/dir/console",
+        ],
         &["--serial", "No such file"],
     );
     assert!(!uds.exists(), "no stale socket may be left behind");
@@ -118,12 +199,28 @@ fn refuses_bad_vsock_settings_and_leaves_no_socket() {
 fn refuses_bad_drives_serial_and_config_files() {
     let dir = Dir::new("misc");
     let k = dir.fake_kernel();
-    refused(&["--kernel", s(&k), "--drive", "/nonexistent.img"], &["--drive", "No such file"]);
-    refused(&["--kernel", s(&k), "--drive", "a.img,rox"], &["--drive", "rox"]);
-    refused(&["--kernel", s(&k), "--serial", "tty"], &["--serial", "expected stdout, none or file:PATH"]);
-    refused(&["--config", "/nonexistent.json"], &["--config", "No such file"]);
+    refused(
+        &["--kernel", s(&k), "--drive", "/nonexistent.img"],
+        &["--drive", "No such file"],
+    );
+    refused(
+        &["--kernel", s(&k), "--drive", "a.img,rox"],
+        &["--drive", "rox"],
+    );
+    refused(
+        &["--kernel", s(&k), "--serial", "tty"],
+        &["--serial", "expected stdout, none or file:PATH"],
+    );
+    refused(
+        &["--config", "/nonexistent.json"],
+        &["--config", "No such file"],
+    );
     let bad = dir.path("bad.json");
-    std::fs::write(&bad, r#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {}}"#).unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"boot-source": {"kernel_image_path": "/k"}, "balloon": {}}"#,
+    )
+    .unwrap();
     refused(&["--config", s(&bad)], &["--config", "balloon"]);
     let zero = dir.path("zero.json");
     let text = format!(

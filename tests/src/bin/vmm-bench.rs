@@ -29,13 +29,17 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let split = args.iter().position(|a| a == "--").ok_or("missing -- VMM ARGS")?;
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or("missing -- VMM ARGS")?;
     let (ours, vmm_args) = (&args[..split], &args[split + 1..]);
     let (marker, vsock) = match ours {
         [m] => (m.clone(), None),
-        [m, flag, uds, port] if flag == "--vsock" => {
-            (m.clone(), Some((uds.clone(), port.parse::<u32>().map_err(|_| "bad PORT")?)))
-        }
+        [m, flag, uds, port] if flag == "--vsock" => (
+            m.clone(),
+            Some((uds.clone(), port.parse::<u32>().map_err(|_| "bad PORT")?)),
+        ),
         _ => return Err("usage: vmm-bench MARKER [--vsock UDS PORT] -- VMM ARGS...".into()),
     };
     let (program, rest) = vmm_args.split_first().ok_or("no VMM command")?;
@@ -83,11 +87,17 @@ fn run() -> Result<(), String> {
         println!("RTT_P50_US {}", samples[500].as_micros());
         println!("RTT_P99_US {}", samples[990].as_micros());
         println!("ECHO_MIB_PER_S {:.2}", echo_throughput(&mut conn, 8 << 20)?);
-        println!("RSS_OUTSIDE_GUEST_KIB {}", rss_outside_guest(child.id(), mem_mib)?);
+        println!(
+            "RSS_OUTSIDE_GUEST_KIB {}",
+            rss_outside_guest(child.id(), mem_mib)?
+        );
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     } else {
-        println!("RSS_OUTSIDE_GUEST_KIB {}", rss_outside_guest(child.id(), mem_mib)?);
+        println!(
+            "RSS_OUTSIDE_GUEST_KIB {}",
+            rss_outside_guest(child.id(), mem_mib)?
+        );
     }
     let status = wait(&mut child)?;
     println!("VMM_EXIT {}", status.code().unwrap_or(-1));
@@ -108,8 +118,10 @@ fn connect_retrying(uds: &str, port: u32, start: Instant) -> Result<UnixStream, 
     while start.elapsed() < Duration::from_secs(120) {
         match UnixStream::connect(uds) {
             Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-                s.write_all(format!("CONNECT {port}\n").as_bytes()).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .map_err(|e| e.to_string())?;
+                s.write_all(format!("CONNECT {port}\n").as_bytes())
+                    .map_err(|e| e.to_string())?;
                 let mut line = String::new();
                 let mut byte = [0u8];
                 while !line.ends_with('\n') {
@@ -131,7 +143,8 @@ fn connect_retrying(uds: &str, port: u32, start: Instant) -> Result<UnixStream, 
 }
 
 fn roundtrip(conn: &mut UnixStream, buf: &mut [u8; 64]) -> Result<(), String> {
-    conn.write_all(&[0x5a; 64]).map_err(|e| format!("send: {e}"))?;
+    conn.write_all(&[0x5a; 64])
+        .map_err(|e| format!("send: {e}"))?;
     conn.read_exact(buf).map_err(|e| format!("receive: {e}"))?;
     if buf.iter().any(|&b| b != 0x5a) {
         return Err("round trip echo differs".into());
@@ -149,7 +162,8 @@ fn echo_throughput(conn: &mut UnixStream, bytes: usize) -> Result<f64, String> {
         let r = conn.read_exact(&mut got);
         let w = sender.join();
         r.map_err(|e| format!("receive: {e}"))?;
-        w.map_err(|_| "sender panicked".to_string())?.map_err(|e| format!("send: {e}"))?;
+        w.map_err(|_| "sender panicked".to_string())?
+            .map_err(|e| format!("send: {e}"))?;
         Ok::<_, String>(got)
     })?;
     let secs = start.elapsed().as_secs_f64();
@@ -169,11 +183,21 @@ fn rss_outside_guest(pid: u32, mem_mib: u64) -> Result<u64, String> {
     let mut in_guest = false;
     for line in smaps.lines() {
         if let Some(kib) = line.strip_prefix("Size:") {
-            let kib: u64 = kib.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0);
+            let kib: u64 = kib
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
             in_guest = kib == guest_kib;
         } else if let Some(kib) = line.strip_prefix("Rss:") {
             if !in_guest {
-                total += kib.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0);
+                total += kib
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
             }
         }
     }
@@ -183,18 +207,28 @@ fn rss_outside_guest(pid: u32, mem_mib: u64) -> Result<u64, String> {
 /// utime + stime of the threads of `pid`: the vCPU threads (named vcpuN)
 /// only when `vcpus`, else all the others.
 fn cpu_ms(pid: u32, vcpus: bool) -> Result<f64, String> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("read tasks: {e}"))?;
+    let tasks =
+        std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("read tasks: {e}"))?;
     let mut ticks = 0.0;
     for task in tasks.flatten() {
-        let stat = std::fs::read_to_string(task.path().join("stat")).map_err(|e| format!("read stat: {e}"))?;
+        let stat = std::fs::read_to_string(task.path().join("stat"))
+            .map_err(|e| format!("read stat: {e}"))?;
         let (head, after) = stat.rsplit_once(')').ok_or("bad stat")?;
-        let is_vcpu = head.rsplit_once('(').is_some_and(|(_, comm)| comm.starts_with("vcpu"));
+        let is_vcpu = head
+            .rsplit_once('(')
+            .is_some_and(|(_, comm)| comm.starts_with("vcpu"));
         if is_vcpu != vcpus {
             continue;
         }
         let fields: Vec<&str> = after.split_whitespace().collect();
-        ticks += fields.get(11).and_then(|u| u.parse::<f64>().ok()).ok_or("bad utime")?
-            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).ok_or("bad stime")?;
+        ticks += fields
+            .get(11)
+            .and_then(|u| u.parse::<f64>().ok())
+            .ok_or("bad utime")?
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<f64>().ok())
+                .ok_or("bad stime")?;
     }
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;

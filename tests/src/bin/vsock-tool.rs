@@ -29,7 +29,9 @@ fn main() {
         ["guest-echo", port] => parse(port).and_then(guest_echo),
         ["guest-send", port, bytes] => parse(port).and_then(|p| guest_send(p, parse(bytes)?)),
         ["host-echo", path] => host_echo(path),
-        ["host-send", uds, port, bytes] => parse(port).and_then(|p| host_send(uds, p, parse(bytes)?)),
+        ["host-send", uds, port, bytes] => {
+            parse(port).and_then(|p| host_send(uds, p, parse(bytes)?))
+        }
         ["host-rtt", uds, port, count] => parse(port).and_then(|p| host_rtt(uds, p, parse(count)?)),
         _ => Err("usage: see the header of tests/src/bin/vsock-tool.rs".into()),
     };
@@ -61,7 +63,10 @@ fn vsock_socket() -> Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(format!("socket(AF_VSOCK): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "socket(AF_VSOCK): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: fd is a fresh descriptor owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -80,13 +85,29 @@ fn guest_echo(port: u32) -> Result<()> {
     let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
     let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
     // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    check(unsafe { libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_vm).cast(), len) }, "bind")?;
+    check(
+        unsafe {
+            libc::bind(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_vm).cast(),
+                len,
+            )
+        },
+        "bind",
+    )?;
     // SAFETY: listen on a bound socket we own.
     check(unsafe { libc::listen(sock.as_raw_fd(), 16) }, "listen")?;
     println!("VSOCK-LISTENING {port}");
     loop {
         // SAFETY: accept with null address pointers is allowed.
-        let fd = unsafe { libc::accept4(sock.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        let fd = unsafe {
+            libc::accept4(
+                sock.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
         check(fd, "accept")?;
         // SAFETY: fd is the fresh connection, owned here.
         let conn = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
@@ -109,7 +130,11 @@ fn echo<S: Read + Write>(mut conn: S) {
 }
 
 /// Sends `bytes` of the pattern while reading the echo, and checks it.
-fn exchange<S: Read + Write>(conn: &mut S, writer: impl Write + Send, bytes: usize) -> Result<Duration> {
+fn exchange<S: Read + Write>(
+    conn: &mut S,
+    writer: impl Write + Send,
+    bytes: usize,
+) -> Result<Duration> {
     let data = pattern(bytes);
     let start = Instant::now();
     let received = std::thread::scope(|s| {
@@ -118,13 +143,19 @@ fn exchange<S: Read + Write>(conn: &mut S, writer: impl Write + Send, bytes: usi
             writer.write_all(&data).map_err(|e| format!("send: {e}"))
         });
         let mut got = vec![0u8; bytes];
-        let read = conn.read_exact(&mut got).map_err(|e| format!("receive: {e}"));
+        let read = conn
+            .read_exact(&mut got)
+            .map_err(|e| format!("receive: {e}"));
         sender.join().map_err(|_| "sender panicked".to_string())??;
         read.map(|_| got)
     })?;
     let elapsed = start.elapsed();
     if received != data {
-        let at = received.iter().zip(&data).position(|(a, b)| a != b).unwrap_or(0);
+        let at = received
+            .iter()
+            .zip(&data)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
         return Err(format!("echo differs at byte {at}"));
     }
     Ok(elapsed)
@@ -136,7 +167,16 @@ fn guest_send(port: u32, bytes: usize) -> Result<()> {
     let addr = vsock_addr(HOST_CID, port);
     let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
     // SAFETY: addr is a valid sockaddr_vm of `len` bytes.
-    check(unsafe { libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_vm).cast(), len) }, "connect to the host")?;
+    check(
+        unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                (&addr as *const libc::sockaddr_vm).cast(),
+                len,
+            )
+        },
+        "connect to the host",
+    )?;
     let mut conn = std::fs::File::from(sock);
     let writer = conn.try_clone().map_err(|e| e.to_string())?;
     let took = exchange(&mut conn, writer, bytes)?;
@@ -167,15 +207,21 @@ fn host_connect(uds: &str, port: u32) -> Result<(UnixStream, Duration)> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Err(format!("CONNECT {port} through {uds} kept failing for 60 s; last: {last}"))
+    Err(format!(
+        "CONNECT {port} through {uds} kept failing for 60 s; last: {last}"
+    ))
 }
 
 fn try_connect(uds: &str, port: u32) -> Result<UnixStream> {
     let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {uds}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes()).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(&mut s).read_line(&mut line).map_err(|e| format!("handshake: {e}"))?;
+    BufReader::new(&mut s)
+        .read_line(&mut line)
+        .map_err(|e| format!("handshake: {e}"))?;
     match line.strip_prefix("OK ") {
         Some(p) if line.ends_with('\n') && p.trim_end().parse::<u32>().is_ok() => Ok(s),
         _ => Err(format!("handshake reply {line:?}")),
@@ -188,7 +234,10 @@ fn host_send(uds: &str, port: u32, bytes: usize) -> Result<()> {
     let writer = conn.try_clone().map_err(|e| e.to_string())?;
     let took = exchange(&mut conn, writer, bytes)?;
     println!("HOST-SEND-OK {bytes}");
-    println!("ECHO_MIB_PER_S {:.2}", bytes as f64 / (1 << 20) as f64 / took.as_secs_f64());
+    println!(
+        "ECHO_MIB_PER_S {:.2}",
+        bytes as f64 / (1 << 20) as f64 / took.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -201,7 +250,8 @@ fn host_rtt(uds: &str, port: u32, count: usize) -> Result<()> {
     for _ in 0..count {
         let t = Instant::now();
         conn.write_all(&msg).map_err(|e| format!("send: {e}"))?;
-        conn.read_exact(&mut got).map_err(|e| format!("receive: {e}"))?;
+        conn.read_exact(&mut got)
+            .map_err(|e| format!("receive: {e}"))?;
         samples.push(t.elapsed());
         if got[..] != msg[..] {
             return Err("round trip echo differs".into());

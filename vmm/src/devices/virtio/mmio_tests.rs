@@ -58,7 +58,10 @@ fn setup() -> (Arc<Mutex<Dummy>>, MmioTransport) {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     let dummy = Arc::new(Mutex::new(Dummy {
         interrupt: VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()),
-        events: vec![EventFd::new(EFD_NONBLOCK).unwrap(), EventFd::new(EFD_NONBLOCK).unwrap()],
+        events: vec![
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        ],
         acked: 0,
         activated: None,
         config: *b"abcdefgh",

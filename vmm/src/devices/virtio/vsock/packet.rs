@@ -4,7 +4,7 @@
 
 use virtio_queue::DescriptorChain;
 use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Size of `virtio_vsock_hdr`.
 pub const HEADER_SIZE: usize = PKT_HEADER_SIZE;
@@ -80,8 +80,7 @@ impl Header {
         self
     }
 
-    /// Parses the wire form (used by tests playing the guest).
-    #[cfg(test)]
+    /// Parses the wire form.
     pub fn from_bytes(b: &[u8; HEADER_SIZE]) -> Self {
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         let u16_at = |i: usize| u16::from_le_bytes(b[i..i + 2].try_into().unwrap());
@@ -107,12 +106,26 @@ pub enum PacketError {
     /// too short, wrong direction, outside guest memory, `len` too big).
     #[error("malformed descriptor chain: {0}")]
     Chain(#[from] virtio_vsock::packet::Error),
-    /// The header says there is data but the chain has no data buffer.
-    #[error("header len {0} but no data buffer")]
-    MissingData(u32),
     /// An RX chain with no room for data at all.
     #[error("RX buffer has no room for data")]
     NoRxRoom,
+    /// The TX chain holds fewer bytes than its header announces.
+    #[error("TX chain ends after {got} of {need} bytes")]
+    ShortChain {
+        /// Bytes the header (plus its `len`) calls for.
+        need: usize,
+        /// Bytes the chain held.
+        got: usize,
+    },
+    /// A TX descriptor is device-writable.
+    #[error("TX chain has a device-writable descriptor")]
+    WriteOnly,
+    /// A TX descriptor points outside guest memory.
+    #[error("TX descriptor outside guest memory: {0}")]
+    Memory(vm_memory::GuestMemoryError),
+    /// The header announces more data than a packet may carry.
+    #[error("header len {0} exceeds the {MAX_PKT_DATA}-byte packet limit")]
+    TooLong(u32),
 }
 
 /// A packet the guest sent, copied out of guest memory.
@@ -124,30 +137,72 @@ pub struct TxPacket {
 }
 
 /// Reads one TX chain. The payload is at most [`MAX_PKT_DATA`] bytes.
-pub fn read_tx(
-    mem: &GuestMemoryMmap,
-    chain: &mut DescriptorChain<&GuestMemoryMmap>,
+///
+/// Linux splits a packet over as many descriptors as it likes (the header
+/// alone, then page-sized fragments of data), so the chain is read as one
+/// byte stream: the header, then `len` bytes of data.
+pub fn read_tx<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: &mut DescriptorChain<&'m GuestMemoryMmap>,
 ) -> Result<TxPacket, PacketError> {
-    let pkt = VsockPacket::from_tx_virtq_chain(mem, chain, MAX_PKT_DATA)?;
-    let hdr = Header {
-        src_cid: pkt.src_cid(),
-        dst_cid: pkt.dst_cid(),
-        src_port: pkt.src_port(),
-        dst_port: pkt.dst_port(),
-        len: pkt.len(),
-        type_: pkt.type_(),
-        op: pkt.op(),
-        flags: pkt.flags(),
-        buf_alloc: pkt.buf_alloc(),
-        fwd_cnt: pkt.fwd_cnt(),
+    let mut reader = ChainReader {
+        mem,
+        chain,
+        addr: GuestAddress(0),
+        left: 0,
+        read: 0,
     };
+    let mut raw = [0u8; HEADER_SIZE];
+    reader.read_exact(&mut raw, HEADER_SIZE)?;
+    let hdr = Header::from_bytes(&raw);
     let mut data = Vec::new();
     if hdr.op == op::RW && hdr.len > 0 {
-        let slice = pkt.data_slice().ok_or(PacketError::MissingData(hdr.len))?;
+        if hdr.len > MAX_PKT_DATA {
+            return Err(PacketError::TooLong(hdr.len));
+        }
         data = vec![0; hdr.len as usize];
-        slice.copy_to(&mut data[..]);
+        reader.read_exact(&mut data, HEADER_SIZE + hdr.len as usize)?;
     }
     Ok(TxPacket { hdr, data })
+}
+
+/// Reads a TX chain's readable descriptors as one stream of bytes.
+struct ChainReader<'a, 'm> {
+    mem: &'m GuestMemoryMmap,
+    chain: &'a mut DescriptorChain<&'m GuestMemoryMmap>,
+    addr: GuestAddress,
+    left: u32,
+    read: usize,
+}
+
+impl ChainReader<'_, '_> {
+    /// Fills `buf`; `need` is the packet size so far, for the error.
+    fn read_exact(&mut self, buf: &mut [u8], need: usize) -> Result<(), PacketError> {
+        let mut done = 0;
+        while done < buf.len() {
+            if self.left == 0 {
+                let desc = self.chain.next().ok_or(PacketError::ShortChain {
+                    need,
+                    got: self.read,
+                })?;
+                if desc.is_write_only() {
+                    return Err(PacketError::WriteOnly);
+                }
+                self.addr = desc.addr();
+                self.left = desc.len();
+                continue;
+            }
+            let n = (buf.len() - done).min(self.left as usize);
+            self.mem
+                .read_slice(&mut buf[done..done + n], self.addr)
+                .map_err(PacketError::Memory)?;
+            done += n;
+            self.read += n;
+            self.left -= n as u32;
+            self.addr = GuestAddress(self.addr.0.wrapping_add(n as u64));
+        }
+        Ok(())
+    }
 }
 
 /// A guest RX buffer, ready to receive one packet.
