@@ -55,6 +55,8 @@ impl Group {
 pub struct Process {
     pid: libc::pid_t,
     exit: oneshot::Receiver<Exit>,
+    /// The exit once seen: a oneshot must not be polled again.
+    exited: Option<Exit>,
     pumps: Vec<JoinHandle<()>>,
     /// The child's stdin, when the launcher asked for one.
     pub stdin: Option<pipe::Sender>,
@@ -63,16 +65,21 @@ pub struct Process {
 }
 
 impl Process {
-    /// Waits for the leader to exit.
+    /// Waits for the leader to exit (returns at once if it has).
     pub async fn wait(&mut self) -> Exit {
-        (&mut self.exit).await.unwrap_or(Exit {
+        if let Some(e) = self.exited {
+            return e;
+        }
+        let e = (&mut self.exit).await.unwrap_or(Exit {
             // The reaper never drops a registered sender; be safe anyway.
             info: ember_protocol::ExitInfo {
                 status: None,
                 signal: Some(libc::SIGKILL),
             },
             max_rss_bytes: 0,
-        })
+        });
+        self.exited = Some(e);
+        e
     }
 
     /// The leader's peak resident memory so far, from `/proc`.
@@ -194,6 +201,7 @@ impl Launcher {
         Ok(Process {
             pid: child.id() as libc::pid_t,
             exit,
+            exited: None,
             pumps,
             stdin,
             stdout,

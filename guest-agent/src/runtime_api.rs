@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ember_protocol::{ErrorInfo, MAX_PAYLOAD_LEN};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -106,6 +106,12 @@ impl RuntimeApi {
             }
             self.progress.notified().await;
         }
+    }
+
+    /// The init error the runtime posted, if any: a runtime that posts one
+    /// and exits at once must be reported by what it said, not its exit.
+    pub fn take_init_error(&self) -> Option<ErrorInfo> {
+        self.lock().init_error.take()
     }
 
     /// Hands `event` to the runtime's next (or pending) `invocation/next`.
@@ -243,28 +249,39 @@ async fn next(api: &RuntimeApi) -> Reply {
     r
 }
 
+/// A body is read to its end up to this many bytes even when it is over
+/// the limit, so the client can read our 413 instead of a reset connection.
+const DRAIN_LIMIT: usize = 4 * MAX_PAYLOAD_LEN;
+
 /// Reads a body of at most [`MAX_PAYLOAD_LEN`] bytes; `None` if larger.
 async fn read_body(req: Request<Incoming>) -> Result<Option<Vec<u8>>, Reply> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_PAYLOAD_LEN as u64) {
-        return Ok(None);
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut body = req.into_body();
+    let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(MAX_PAYLOAD_LEN));
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            refuse(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &format!("cannot read the request body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total <= MAX_PAYLOAD_LEN {
+            kept.extend_from_slice(&data);
+        } else if total > DRAIN_LIMIT {
+            break;
+        }
     }
-    match Limited::new(req.into_body(), MAX_PAYLOAD_LEN)
-        .collect()
-        .await
-    {
-        Ok(b) => Ok(Some(b.to_bytes().to_vec())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Ok(None),
-        Err(e) => Err(refuse(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            &format!("cannot read the request body: {e}"),
-        )),
-    }
+    Ok((total <= MAX_PAYLOAD_LEN).then_some(kept))
 }
 
 fn invalid_request_id(id: &str) -> Reply {

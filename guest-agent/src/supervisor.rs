@@ -125,7 +125,7 @@ impl Supervisor {
             },
             exit = p.wait() => {
                 p.drain_output(DRAIN).await;
-                init_exit_error(exit.info)
+                self.api.take_init_error().unwrap_or_else(|| init_exit_error(exit.info))
             }
             _ = tokio::time::sleep(limit) => ErrorInfo {
                 error_type: "Runtime.InitTimeout".into(),
