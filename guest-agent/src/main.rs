@@ -1,93 +1,98 @@
-//! Ember guest agent: PID 1 inside every Ember microVM.
-//!
-//! Until the agent issue lands this is the boot placeholder: it mounts the
-//! pseudo filesystems, prints [`READY_MARKER`] on the console so the host can
-//! tell that the guest kernel reached user space, and resets the VM. Ember
-//! VMMs, like Firecracker, treat a guest reset as the VM's exit.
+//! `ember-guest-agent`: the guest's `/init`. See the library for the parts
+//! and `options.rs` for the settings (`ember.agent=oneshot` for boot tests).
 
-use std::ffi::CStr;
-use std::io::Write;
 use std::process::ExitCode;
+use std::time::Instant;
 
-/// Printed on the console once user space is up.
+use ember_guest_agent::options::{Mode, Settings};
+use ember_guest_agent::sandbox::SandboxOptions;
+use ember_guest_agent::{init, Agent, AgentOptions, Listener, Stop};
+use ember_protocol::BootTiming;
+
+/// Printed on the console once the agent is up; E2E tests wait for it.
 const READY_MARKER: &str = "EMBER-GUEST-READY";
 
-/// A pseudo filesystem PID 1 mounts before anything else runs.
-struct Mount {
-    source: &'static CStr,
-    target: &'static CStr,
-    fstype: &'static CStr,
-}
-
-const MOUNTS: &[Mount] = &[
-    Mount {
-        source: c"devtmpfs",
-        target: c"/dev",
-        fstype: c"devtmpfs",
-    },
-    Mount {
-        source: c"proc",
-        target: c"/proc",
-        fstype: c"proc",
-    },
-    Mount {
-        source: c"sysfs",
-        target: c"/sys",
-        fstype: c"sysfs",
-    },
-    Mount {
-        source: c"tmpfs",
-        target: c"/tmp",
-        fstype: c"tmpfs",
-    },
-];
-
-fn mount_all() -> Result<(), String> {
-    for m in MOUNTS {
-        // SAFETY: every pointer is a NUL-terminated static string.
-        let rc = unsafe {
-            libc::mkdir(m.target.as_ptr(), 0o755);
-            libc::mount(
-                m.source.as_ptr(),
-                m.target.as_ptr(),
-                m.fstype.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        let err = std::io::Error::last_os_error();
-        if rc != 0 && err.raw_os_error() != Some(libc::EBUSY) {
-            return Err(format!("mount {:?} on {:?}: {err}", m.fstype, m.target));
-        }
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } != 1 {
-        eprintln!("ember-guest-agent: must run as PID 1 inside an Ember guest");
-        return ExitCode::from(2);
-    }
-    let mut out = std::io::stdout();
-    match mount_all() {
-        Ok(()) => {
-            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-            let _ = writeln!(out, "{READY_MARKER} kernel={}", kernel.trim());
-        }
+    let kernel_us = init::uptime_us();
+    let started = Instant::now();
+    let pid1 = init::is_pid1();
+    let code = match run(pid1, kernel_us, started) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let _ = writeln!(out, "ember-guest-agent: {e}");
+            eprintln!("ember-guest-agent: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    if pid1 {
+        init::power_off();
+    }
+    code
+}
+
+fn run(pid1: bool, kernel_us: u64, started: Instant) -> Result<(), String> {
+    if pid1 {
+        for warning in init::mount_all()? {
+            eprintln!("ember-guest-agent: warning: {warning}");
+        }
+        if let Err(e) = init::loopback_up() {
+            eprintln!("ember-guest-agent: warning: loopback: {e}");
         }
     }
-    let _ = out.flush();
-    // SAFETY: sync and reboot take no pointers; PID 1 may reboot.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_AUTOBOOT);
+    let settings = Settings::read(&init::kernel_cmdline(), pid1)?;
+    if let Some(dev) = &settings.task_device {
+        if dev.exists() {
+            if let Err(e) = init::mount_task(dev, &settings.task_root) {
+                // The runtime's start will fail and say why to the router.
+                eprintln!("ember-guest-agent: warning: {e}");
+            }
+        }
     }
-    // reboot only returns on failure; PID 1 must never exit.
-    loop {
-        // SAFETY: pause has no preconditions.
-        unsafe { libc::pause() };
-    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async {
+        let listener = Listener::bind(&settings.listen);
+        let opts = AgentOptions {
+            runtime_api_addr: settings.runtime_api,
+            task_root: settings.task_root.clone(),
+            sandbox: SandboxOptions {
+                uid_gid: settings.uid.map(|u| (u, u)),
+                cgroup_root: settings.cgroup_root.clone(),
+            },
+            boot: BootTiming {
+                kernel_us,
+                agent_us: 0,
+            },
+        };
+        let agent = Agent::start(opts).await.map_err(|e| e.to_string());
+        let boot = BootTiming {
+            kernel_us,
+            agent_us: started.elapsed().as_micros() as u64,
+        };
+        let ready = format!(
+            "{READY_MARKER} kernel={} boot_us={} agent_us={}",
+            init::kernel_release(),
+            boot.kernel_us,
+            boot.agent_us
+        );
+        if settings.mode == Mode::Oneshot {
+            // Boot tests only need to know user space came up; they may run
+            // without a vsock device.
+            if let Err(e) = &listener {
+                eprintln!("ember-guest-agent: warning: {e}");
+            }
+            println!("{ready}");
+            return agent.map(drop);
+        }
+        let listener = listener.map_err(|e| e.to_string())?;
+        let mut agent = agent?;
+        agent.set_boot(boot);
+        println!("{ready}");
+        match agent.serve(&listener).await {
+            Stop::Shutdown => Ok(()),
+            Stop::InitFailed => Err("the runtime could not start; shutting down".into()),
+            Stop::Disconnected => Ok(()),
+        }
+    })
 }

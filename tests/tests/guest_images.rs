@@ -50,7 +50,7 @@ fn vmlinux_boots_to_the_guest_agent() {
         "microvm",
         &a.vmlinux,
         &a.initramfs,
-        "console=ttyS0 reboot=k panic=-1",
+        "console=ttyS0 reboot=k panic=-1 ember.agent=oneshot",
         &[],
     );
     assert_agent_ready(&out);
@@ -65,7 +65,7 @@ fn bzimage_boots_to_the_guest_agent() {
         "q35",
         &a.bzimage,
         &a.initramfs,
-        "console=ttyS0 panic=-1",
+        "console=ttyS0 panic=-1 ember.agent=oneshot",
         &[],
     );
     assert_agent_ready(&out);
