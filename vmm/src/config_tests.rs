@@ -20,7 +20,8 @@ fn accepts_a_plain_config() {
 
 #[test]
 fn names_the_field_of_each_bad_value() {
-    let cases: Vec<(Box<dyn Fn(&mut VmmConfig)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut VmmConfig)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (Box::new(|c| c.vcpus = 0), field::VCPUS),
         (Box::new(|c| c.vcpus = 255), field::VCPUS),
         (Box::new(|c| c.mem_mib = 1), field::MEM),

@@ -85,7 +85,7 @@ fn host_mem_mib() -> Option<u64> {
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return None;
     }
-    Some(info.totalram as u64 * u64::from(info.mem_unit) >> 20)
+    Some((info.totalram as u64 * u64::from(info.mem_unit)) >> 20)
 }
 
 /// Looks at the first bytes of `kernel` for an ELF or bzImage signature.
