@@ -68,7 +68,7 @@ fn guest_kernel_boots_under_kvm_in_the_soft_host() {
                 -kernel vmlinux -initrd initrd -append";
     let out = run(softhost(&args)
         .args(qemu.split_whitespace())
-        .arg("console=ttyS0 reboot=t panic=-1 quiet rdinit=/check"));
+        .arg("console=ttyS0 reboot=t panic=-1 quiet rdinit=/check ember.agent=oneshot"));
     let _ = std::fs::remove_dir_all(&dir);
     assert_agent_ready(&out);
     assert!(
