@@ -40,13 +40,17 @@ fn assert_line(out: &Finished, line: &str) {
 }
 
 /// Boots `kernel` with `vcpus`, lets the guest report its CPUs, and expects
-/// the guest's reboot to end the VMM with status 0.
-fn boot_and_reboot(test: &str, kernel_of: fn(&Artifacts) -> &Path, vcpus: u32) {
+/// the guest's `stop` command to end the VMM with status 0.
+fn boot_and_stop(test: &str, kernel_of: fn(&Artifacts) -> &Path, vcpus: u32, stop: &str) {
     let Some(a) = artifacts_unless_skipped(test) else {
         return;
     };
     let dir = tempdir(test);
-    let initrd = guest_initrd(&a, &dir, "echo \"GUEST-INIT cpus=$(nproc)\"");
+    let initrd = guest_initrd(
+        &a,
+        &dir,
+        &format!("echo \"GUEST-INIT cpus=$(nproc)\"\n{stop}"),
+    );
     let script = format!(
         "./ember-vmm --kernel kernel --initrd initrd --vcpus {vcpus} --mem-mib 128 --cmdline '{CMDLINE}'; \
          echo VMM-EXIT $?"
@@ -71,12 +75,20 @@ fn boot_and_reboot(test: &str, kernel_of: fn(&Artifacts) -> &Path, vcpus: u32) {
 
 #[test]
 fn boots_vmlinux_on_one_vcpu_and_exits_on_guest_reboot() {
-    boot_and_reboot("vmm_vmlinux_1", |a| &a.vmlinux, 1);
+    boot_and_stop("vmm_vmlinux_1", |a| &a.vmlinux, 1, "reboot -f");
 }
 
 #[test]
 fn boots_bzimage_on_two_vcpus_and_exits_on_guest_reboot() {
-    boot_and_reboot("vmm_bzimage_2", |a| &a.bzimage, 2);
+    boot_and_stop("vmm_bzimage_2", |a| &a.bzimage, 2, "reboot -f");
+}
+
+/// Without ACPI a guest cannot power itself off: Linux ends PID 1, panics,
+/// and `panic=1` resets through the i8042 a second later. The VMM still
+/// exits with status 0.
+#[test]
+fn guest_poweroff_ends_the_vmm_with_status_0() {
+    boot_and_stop("vmm_poweroff", |a| &a.vmlinux, 1, "poweroff -f");
 }
 
 /// Host→guest and guest→host vsock connections echo 1 MiB each way, then

@@ -126,7 +126,7 @@ impl<'a> Guest<'a> {
         g
     }
 
-    fn alloc(&mut self, len: u64) -> u64 {
+    pub fn alloc(&mut self, len: u64) -> u64 {
         let addr = self.next_buf;
         self.next_buf += len.next_multiple_of(16);
         assert!(
