@@ -240,6 +240,12 @@ impl Agent {
         self.host.api_addr
     }
 
+    /// Stops the function's runtime, if one runs (for a shutdown that does
+    /// not come from the router).
+    pub async fn stop_function(&mut self) {
+        self.host.stop_function().await;
+    }
+
     /// Serves router connections from `listener`, one at a time, until the
     /// router asks for a shutdown or the runtime cannot start. The function
     /// is stopped before this returns.

@@ -214,3 +214,30 @@ pub fn power_off() -> ! {
         unsafe { libc::pause() };
     }
 }
+
+/// Waits for a signal that asks init to stop the machine (SIGTERM, SIGINT,
+/// SIGUSR1, SIGUSR2) and names it. Never returns if none can be watched.
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let watch = |kind: SignalKind| signal(kind).ok();
+    let (mut term, mut int, mut usr1, mut usr2) = (
+        watch(SignalKind::terminate()),
+        watch(SignalKind::interrupt()),
+        watch(SignalKind::user_defined1()),
+        watch(SignalKind::user_defined2()),
+    );
+    async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    tokio::select! {
+        _ = recv(&mut term) => "SIGTERM",
+        _ = recv(&mut int) => "SIGINT",
+        _ = recv(&mut usr1) => "SIGUSR1",
+        _ = recv(&mut usr2) => "SIGUSR2",
+    }
+}

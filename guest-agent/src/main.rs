@@ -89,7 +89,17 @@ fn run(pid1: bool, kernel_us: u64, started: Instant) -> Result<(), String> {
         let mut agent = agent?;
         agent.set_boot(boot);
         println!("{ready}");
-        match agent.serve(&listener).await {
+        // As PID 1, the usual init signals (busybox `poweroff` sends
+        // SIGUSR2, `reboot` SIGTERM, `halt` SIGUSR1) stop the VM cleanly.
+        let stop = tokio::select! {
+            stop = agent.serve(&listener) => stop,
+            sig = init::stop_signal(), if pid1 => {
+                eprintln!("ember-guest-agent: {sig}: shutting down");
+                Stop::Shutdown
+            }
+        };
+        agent.stop_function().await;
+        match stop {
             Stop::Shutdown => Ok(()),
             Stop::InitFailed => Err("the runtime could not start; shutting down".into()),
             Stop::Disconnected => Ok(()),

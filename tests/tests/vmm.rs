@@ -83,12 +83,40 @@ fn boots_bzimage_on_two_vcpus_and_exits_on_guest_reboot() {
     boot_and_stop("vmm_bzimage_2", |a| &a.bzimage, 2, "reboot -f");
 }
 
-/// Without ACPI a guest cannot power itself off: Linux ends PID 1, panics,
-/// and `panic=1` resets through the i8042 a second later. The VMM still
-/// exits with status 0.
+/// `poweroff` in the guest (busybox signals PID 1, the agent) ends the VMM
+/// with status 0. (Without ACPI the kernel itself cannot power off: a forced
+/// `poweroff -f` halts the vCPUs; the agent turns every stop into a reset.)
 #[test]
-fn guest_poweroff_ends_the_vmm_with_status_0() {
-    boot_and_stop("vmm_poweroff", |a| &a.vmlinux, 1, "poweroff -f");
+fn guest_poweroff_through_the_agent_ends_the_vmm_with_status_0() {
+    let Some(a) = artifacts_unless_skipped("vmm_poweroff") else {
+        return;
+    };
+    let dir = tempdir("vmm-poweroff");
+    let initrd = guest_initrd(
+        &a,
+        &dir,
+        "mount -t devtmpfs dev /dev\n(sleep 2; poweroff) &\nexec /init",
+    );
+    let script = format!(
+        "./ember-vmm --kernel vmlinux --initrd initrd --mem-mib 128 --cmdline '{CMDLINE}' \
+           --vsock-cid 3 --vsock-uds v.sock; echo VMM-EXIT $?"
+    );
+    let out = in_softhost(
+        &[
+            (&a.vmm, "ember-vmm"),
+            (&a.vmlinux, "vmlinux"),
+            (&initrd, "initrd"),
+        ],
+        &script,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.stdout.contains("EMBER-GUEST-READY"), "{out}");
+    assert!(
+        out.stdout.contains("SIGUSR2: shutting down")
+            || out.stderr.contains("SIGUSR2: shutting down"),
+        "{out}"
+    );
+    assert_line(&out, "VMM-EXIT 0");
 }
 
 /// Host→guest and guest→host vsock connections echo 1 MiB each way, then
