@@ -26,6 +26,10 @@ pub struct Artifacts {
     pub initramfs: PathBuf,
     /// The statically linked `vsock-tool` (both ends of the vsock tests).
     pub vsock_tool: PathBuf,
+    /// The statically linked `agent-client` (plays the router to one agent).
+    pub agent_client: PathBuf,
+    /// A static `bootstrap` built with the `lambda_runtime` crate.
+    pub lambda_bootstrap: PathBuf,
 }
 
 /// The checkout's root directory.
@@ -85,6 +89,8 @@ impl Artifacts {
             bzimage: artifact("EMBER_BZIMAGE"),
             initramfs: artifact("EMBER_INITRAMFS"),
             vsock_tool: artifact("EMBER_VSOCK_TOOL"),
+            agent_client: artifact("EMBER_AGENT_CLIENT"),
+            lambda_bootstrap: artifact("EMBER_LAMBDA_BOOTSTRAP"),
         }
     }
 }
@@ -208,4 +214,26 @@ pub fn initramfs_with(initramfs: &Path, dir: &Path, body: &str, extra: &[&Path])
     )));
     assert_eq!(r.code, Some(0), "overlay initramfs:\n{r}");
     initrd
+}
+
+/// Runs `script` (busybox sh) in the soft host, with `files` put in its
+/// working directory under the given names.
+pub fn in_softhost(files: &[(&Path, &str)], script: &str) -> Finished {
+    let puts: Vec<String> = files
+        .iter()
+        .map(|(src, dst)| format!("{}:{dst}", src.display()))
+        .collect();
+    let mut args = vec!["--timeout", "300"];
+    for p in &puts {
+        args.extend(["--put", p.as_str()]);
+    }
+    run(softhost(&args).args(["sh", "-c", script]))
+}
+
+/// Asserts that `out`'s stdout has `line` as a whole line.
+pub fn assert_line(out: &Finished, line: &str) {
+    assert!(
+        out.stdout.lines().any(|l| l.trim_end() == line),
+        "missing line {line:?}:\n{out}"
+    );
 }

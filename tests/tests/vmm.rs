@@ -7,36 +7,15 @@
 use std::path::{Path, PathBuf};
 
 use ember_e2e::{
-    artifacts_unless_skipped, initramfs_with, run, softhost, tempdir, Artifacts, Finished,
+    artifacts_unless_skipped, assert_line, in_softhost, initramfs_with, tempdir, Artifacts,
 };
 
 /// The guest command line of these tests (`reboot=k`: the i8042 reset ends the VMM).
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet rdinit=/check";
 
-/// Runs `script` (busybox sh) in the soft host with `files` put in its
-/// working directory under their file names.
-fn in_softhost(files: &[(&Path, &str)], script: &str) -> Finished {
-    let puts: Vec<String> = files
-        .iter()
-        .map(|(src, dst)| format!("{}:{dst}", src.display()))
-        .collect();
-    let mut args = vec!["--timeout", "300"];
-    for p in &puts {
-        args.extend(["--put", p.as_str()]);
-    }
-    run(softhost(&args).args(["sh", "-c", script]))
-}
-
 /// Builds the guest initrd with `/check` = `guest` (plus vsock-tool).
 fn guest_initrd(a: &Artifacts, dir: &Path, guest: &str) -> PathBuf {
     initramfs_with(&a.initramfs, dir, guest, &[&a.vsock_tool])
-}
-
-fn assert_line(out: &Finished, line: &str) {
-    assert!(
-        out.stdout.lines().any(|l| l.trim_end() == line),
-        "missing line {line:?}:\n{out}"
-    );
 }
 
 /// Boots `kernel` with `vcpus`, lets the guest report its CPUs, and expects
