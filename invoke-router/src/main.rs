@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the Lambda API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start the platform: images, router, a sample `hello` function.
     Up(up::UpArgs),
 }
@@ -206,7 +206,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args, &default_data_dir()),
         Command::Serve(args) => {
             init_logging(args.log_level.as_deref());
-            let cfg = match resolve(args) {
+            let cfg = match resolve(*args) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("ember-invoke-router: {e}");

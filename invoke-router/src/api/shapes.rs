@@ -327,14 +327,13 @@ pub fn check_environment(vars: &BTreeMap<String, String>) -> Result<(), ApiError
     }
     for key in vars.keys() {
         let mut bytes = key.bytes();
-        let ok = key.len() >= 2
-            && bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        let ok = bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
             && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !ok {
             return Err(ApiError::validation(format!(
                 "1 validation error detected: Value '{}' at 'environment.variables' failed to satisfy \
                  constraint: Map keys must satisfy constraint: [Member must satisfy regular expression \
-                 pattern: [a-zA-Z]([a-zA-Z0-9_])+]",
+                 pattern: [a-zA-Z]([a-zA-Z0-9_])*]",
                 truncate(key, 128)
             )));
         }
@@ -412,6 +411,7 @@ mod tests {
             .message
             .contains("AWS_REGION"));
         let env = BTreeMap::from([("1BAD".to_string(), "v".to_string())]);
+        assert!(check_environment(&BTreeMap::from([("A".to_string(), String::new())])).is_ok());
         assert!(check_environment(&env).is_err());
         let env = BTreeMap::from([("BIG".to_string(), "v".repeat(5000))]);
         assert!(check_environment(&env).unwrap_err().message.contains("4KB"));
