@@ -3,7 +3,7 @@
 //!
 //! - `serve`: the Lambda API on `--listen` (default 127.0.0.1:9000), with
 //!   settings from `--config FILE` (TOML or JSON) and flags on top.
-//! - `up`: the README's start command (so far: says what it will do and
+//! - `up` (also without a subcommand): the README's start command (so far: says what it will do and
 //!   prints the default tenant's credentials).
 //!
 //! Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
@@ -27,8 +27,9 @@ mod up;
     about = "Ember's Lambda-compatible invoke router"
 )]
 struct Cli {
+    /// Without a subcommand: `up`.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
@@ -202,7 +203,7 @@ async fn interrupted() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match cli.command.unwrap_or(Command::Up(up::UpArgs::default())) {
         Command::Up(args) => up::run(args, &default_data_dir()),
         Command::Serve(args) => {
             init_logging(args.log_level.as_deref());

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 /// Flags of `up`.
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct UpArgs {
     /// Data directory [default: $XDG_DATA_HOME/ember or ~/.local/share/ember].
     #[arg(long)]
