@@ -1,0 +1,499 @@
+//! The function registry: one SQLite database in the data directory
+//! (`registry.sqlite3`), holding each tenant's functions, their reserved
+//! concurrency and the log tails of their recent invocations.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+/// How many invocation records each function keeps (oldest dropped first).
+pub const LOGS_PER_FUNCTION: i64 = 1000;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The function already exists.
+    #[error("function already exists")]
+    Conflict,
+    /// No such function.
+    #[error("function not found")]
+    NotFound,
+    /// The caller's `RevisionId` is not the current one.
+    #[error("revision id does not match")]
+    RevisionMismatch,
+    /// SQLite failed.
+    #[error("registry database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A stored row does not decode.
+    #[error("registry database holds a bad row: {0}")]
+    Corrupt(String),
+}
+
+/// A function's stored definition (its `$LATEST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRecord {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Name, unique per tenant.
+    pub name: String,
+    /// `provided.al2023`, `provided` or `exec`.
+    pub runtime: String,
+    /// Handler string.
+    pub handler: String,
+    /// Role ARN as given (not used; kept for clients that expect it back).
+    pub role: String,
+    /// Description.
+    pub description: String,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Timeout in seconds.
+    pub timeout_s: u32,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// SHA-256 of the code zip, hex (code store key).
+    pub code_sha256_hex: String,
+    /// SHA-256 of the code zip, base64.
+    pub code_sha256_base64: String,
+    /// Code zip size in bytes.
+    pub code_size: u64,
+    /// Changes on every update.
+    pub revision_id: String,
+    /// Lambda-format timestamp of the last change.
+    pub last_modified: String,
+    /// Reserved concurrency, if set.
+    pub reserved_concurrency: Option<u32>,
+}
+
+/// One invocation's record, for the logs route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvocationLog {
+    /// Request id.
+    pub request_id: String,
+    /// Owning tenant.
+    pub tenant: String,
+    /// Function name.
+    pub function: String,
+    /// Lambda-format timestamp.
+    pub timestamp: String,
+    /// `Success`, `Handled`, `Unhandled`, `Timeout`, ...
+    pub outcome: String,
+    /// The VM that ran it.
+    pub slot_id: String,
+    /// Whether it was a cold start.
+    pub cold_start: bool,
+    /// Duration in microseconds.
+    pub duration_us: u64,
+    /// The last 4 KiB of output.
+    pub log_tail: Vec<u8>,
+}
+
+/// The registry.
+pub struct Registry {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS functions (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    handler TEXT NOT NULL,
+    role TEXT NOT NULL,
+    description TEXT NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    timeout_s INTEGER NOT NULL,
+    env TEXT NOT NULL,
+    code_sha256_hex TEXT NOT NULL,
+    code_sha256_base64 TEXT NOT NULL,
+    code_size INTEGER NOT NULL,
+    revision_id TEXT NOT NULL,
+    last_modified TEXT NOT NULL,
+    reserved_concurrency INTEGER,
+    PRIMARY KEY (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS invocation_logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    function TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    slot_id TEXT NOT NULL,
+    cold_start INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    log_tail BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invocation_logs_by_request ON invocation_logs (tenant, function, request_id);
+";
+
+const COLUMNS: &str = "tenant, name, runtime, handler, role, description, memory_mib, timeout_s, env, \
+     code_sha256_hex, code_sha256_base64, code_size, revision_id, last_modified, reserved_concurrency";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
+    Ok((
+        FunctionRecord {
+            tenant: row.get(0)?,
+            name: row.get(1)?,
+            runtime: row.get(2)?,
+            handler: row.get(3)?,
+            role: row.get(4)?,
+            description: row.get(5)?,
+            memory_mib: row.get(6)?,
+            timeout_s: row.get(7)?,
+            env: BTreeMap::new(),
+            code_sha256_hex: row.get(9)?,
+            code_sha256_base64: row.get(10)?,
+            code_size: row.get::<_, i64>(11)?.max(0) as u64,
+            revision_id: row.get(12)?,
+            last_modified: row.get(13)?,
+            reserved_concurrency: row.get(14)?,
+        },
+        row.get(8)?,
+    ))
+}
+
+fn decode((mut rec, env): (FunctionRecord, String)) -> Result<FunctionRecord, RegistryError> {
+    rec.env = serde_json::from_str(&env)
+        .map_err(|e| RegistryError::Corrupt(format!("env of {}/{}: {e}", rec.tenant, rec.name)))?;
+    Ok(rec)
+}
+
+fn env_json(rec: &FunctionRecord) -> String {
+    serde_json::to_string(&rec.env).unwrap_or_else(|_| "{}".into())
+}
+
+impl Registry {
+    /// Opens (creating) `data_dir/registry.sqlite3`.
+    pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
+        let conn = Connection::open(data_dir.join("registry.sqlite3"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| RegistryError::Corrupt("registry lock poisoned".into()))?;
+        f(&mut conn)
+    }
+
+    /// Adds a function; `Conflict` if the name is taken.
+    pub fn create(&self, rec: &FunctionRecord) -> Result<(), RegistryError> {
+        self.with(|c| {
+            let sql = format!(
+                "INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            );
+            let r = c.execute(
+                &sql,
+                params![
+                    rec.tenant, rec.name, rec.runtime, rec.handler, rec.role, rec.description,
+                    rec.memory_mib, rec.timeout_s, env_json(rec), rec.code_sha256_hex,
+                    rec.code_sha256_base64, rec.code_size as i64, rec.revision_id, rec.last_modified,
+                    rec.reserved_concurrency
+                ],
+            );
+            match r {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(RegistryError::Conflict)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// One function.
+    pub fn get(&self, tenant: &str, name: &str) -> Result<Option<FunctionRecord>, RegistryError> {
+        self.with(|c| {
+            let sql = format!("SELECT {COLUMNS} FROM functions WHERE tenant = ?1 AND name = ?2");
+            c.query_row(&sql, params![tenant, name], from_row)
+                .optional()?
+                .map(decode)
+                .transpose()
+        })
+    }
+
+    /// A tenant's functions by name, those after `after`, at most `limit`.
+    pub fn list(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<FunctionRecord>, RegistryError> {
+        self.with(|c| {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM functions WHERE tenant = ?1 AND name > ?2 ORDER BY name LIMIT ?3"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(
+                params![tenant, after.unwrap_or(""), i64::try_from(limit).unwrap_or(i64::MAX)],
+                from_row,
+            )?;
+            rows.map(|r| decode(r?)).collect()
+        })
+    }
+
+    /// Replaces a function's definition. With `expected_revision`, only if
+    /// it is still the current one.
+    pub fn update(
+        &self,
+        rec: &FunctionRecord,
+        expected_revision: Option<&str>,
+    ) -> Result<(), RegistryError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT revision_id FROM functions WHERE tenant = ?1 AND name = ?2",
+                    params![rec.tenant, rec.name],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let current = current.ok_or(RegistryError::NotFound)?;
+            if expected_revision.is_some_and(|e| e != current) {
+                return Err(RegistryError::RevisionMismatch);
+            }
+            tx.execute(
+                "UPDATE functions SET runtime = ?3, handler = ?4, role = ?5, description = ?6, \
+                 memory_mib = ?7, timeout_s = ?8, env = ?9, code_sha256_hex = ?10, \
+                 code_sha256_base64 = ?11, code_size = ?12, revision_id = ?13, last_modified = ?14, \
+                 reserved_concurrency = ?15 WHERE tenant = ?1 AND name = ?2",
+                params![
+                    rec.tenant, rec.name, rec.runtime, rec.handler, rec.role, rec.description,
+                    rec.memory_mib, rec.timeout_s, env_json(rec), rec.code_sha256_hex,
+                    rec.code_sha256_base64, rec.code_size as i64, rec.revision_id, rec.last_modified,
+                    rec.reserved_concurrency
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Removes a function and its invocation records; returns what it was.
+    pub fn delete(&self, tenant: &str, name: &str) -> Result<FunctionRecord, RegistryError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let sql = format!("SELECT {COLUMNS} FROM functions WHERE tenant = ?1 AND name = ?2");
+            let rec = tx
+                .query_row(&sql, params![tenant, name], from_row)
+                .optional()?
+                .ok_or(RegistryError::NotFound)?;
+            tx.execute(
+                "DELETE FROM functions WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name],
+            )?;
+            tx.execute(
+                "DELETE FROM invocation_logs WHERE tenant = ?1 AND function = ?2",
+                params![tenant, name],
+            )?;
+            tx.commit()?;
+            decode(rec)
+        })
+    }
+
+    /// Sets or clears reserved concurrency.
+    pub fn set_reserved_concurrency(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: Option<u32>,
+    ) -> Result<(), RegistryError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE functions SET reserved_concurrency = ?3 WHERE tenant = ?1 AND name = ?2",
+                params![tenant, name, value],
+            )?;
+            if n == 0 {
+                Err(RegistryError::NotFound)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// The sum of reserved concurrency over a tenant's functions but one.
+    pub fn reserved_total_except(&self, tenant: &str, except: &str) -> Result<u64, RegistryError> {
+        self.with(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COALESCE(SUM(reserved_concurrency), 0) FROM functions WHERE tenant = ?1 AND name != ?2",
+                params![tenant, except],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    /// Whether any function (any tenant) uses this code.
+    pub fn code_in_use(&self, sha256_hex: &str) -> Result<bool, RegistryError> {
+        self.with(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM functions WHERE code_sha256_hex = ?1",
+                params![sha256_hex],
+                |r| r.get(0),
+            )?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Records an invocation, dropping the function's oldest beyond
+    /// [`LOGS_PER_FUNCTION`].
+    pub fn record_invocation(&self, log: &InvocationLog) -> Result<(), RegistryError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO invocation_logs (tenant, function, request_id, timestamp, outcome, \
+                 slot_id, cold_start, duration_us, log_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    log.tenant, log.function, log.request_id, log.timestamp, log.outcome,
+                    log.slot_id, log.cold_start, log.duration_us as i64, log.log_tail
+                ],
+            )?;
+            let seq = tx.last_insert_rowid();
+            tx.execute(
+                "DELETE FROM invocation_logs WHERE tenant = ?1 AND function = ?2 AND seq <= ?3 - ?4",
+                params![log.tenant, log.function, seq, LOGS_PER_FUNCTION],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The record of one invocation.
+    pub fn invocation(
+        &self,
+        tenant: &str,
+        function: &str,
+        request_id: &str,
+    ) -> Result<Option<InvocationLog>, RegistryError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT request_id, tenant, function, timestamp, outcome, slot_id, cold_start, \
+                 duration_us, log_tail FROM invocation_logs \
+                 WHERE tenant = ?1 AND function = ?2 AND request_id = ?3 ORDER BY seq DESC LIMIT 1",
+                params![tenant, function, request_id],
+                |r| {
+                    Ok(InvocationLog {
+                        request_id: r.get(0)?,
+                        tenant: r.get(1)?,
+                        function: r.get(2)?,
+                        timestamp: r.get(3)?,
+                        outcome: r.get(4)?,
+                        slot_id: r.get(5)?,
+                        cold_start: r.get(6)?,
+                        duration_us: r.get::<_, i64>(7)?.max(0) as u64,
+                        log_tail: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(tenant: &str, name: &str) -> FunctionRecord {
+        FunctionRecord {
+            tenant: tenant.into(),
+            name: name.into(),
+            runtime: "exec".into(),
+            handler: "cat".into(),
+            role: String::new(),
+            description: String::new(),
+            memory_mib: 128,
+            timeout_s: 3,
+            env: BTreeMap::from([("A".to_string(), "1".to_string())]),
+            code_sha256_hex: "ab".into(),
+            code_sha256_base64: "qw==".into(),
+            code_size: 10,
+            revision_id: "r1".into(),
+            last_modified: "t".into(),
+            reserved_concurrency: None,
+        }
+    }
+
+    #[test]
+    fn crud_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.create(&rec("t1", "b")).unwrap();
+        reg.create(&rec("t1", "a")).unwrap();
+        reg.create(&rec("t2", "a")).unwrap();
+        assert!(matches!(
+            reg.create(&rec("t1", "a")),
+            Err(RegistryError::Conflict)
+        ));
+        drop(reg);
+        let reg = Registry::open(dir.path()).unwrap();
+        let names: Vec<_> = reg
+            .list("t1", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(reg.list("t1", Some("a"), 10).unwrap().len(), 1);
+        assert_eq!(reg.get("t1", "a").unwrap().unwrap().env["A"], "1");
+        let mut r = rec("t1", "a");
+        r.revision_id = "r2".into();
+        assert!(matches!(
+            reg.update(&r, Some("zz")),
+            Err(RegistryError::RevisionMismatch)
+        ));
+        reg.update(&r, Some("r1")).unwrap();
+        assert_eq!(reg.get("t1", "a").unwrap().unwrap().revision_id, "r2");
+        reg.set_reserved_concurrency("t1", "a", Some(5)).unwrap();
+        reg.set_reserved_concurrency("t1", "b", Some(7)).unwrap();
+        assert_eq!(reg.reserved_total_except("t1", "a").unwrap(), 7);
+        assert!(reg.code_in_use("ab").unwrap());
+        reg.delete("t1", "a").unwrap();
+        assert!(matches!(
+            reg.delete("t1", "a"),
+            Err(RegistryError::NotFound)
+        ));
+        assert!(reg.get("t2", "a").unwrap().is_some());
+    }
+
+    #[test]
+    fn invocation_logs_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        for i in 0..(LOGS_PER_FUNCTION + 5) {
+            reg.record_invocation(&InvocationLog {
+                request_id: format!("r{i}"),
+                tenant: "t".into(),
+                function: "f".into(),
+                timestamp: "x".into(),
+                outcome: "Success".into(),
+                slot_id: "s".into(),
+                cold_start: i == 0,
+                duration_us: 1,
+                log_tail: b"log".to_vec(),
+            })
+            .unwrap();
+        }
+        assert!(reg.invocation("t", "f", "r0").unwrap().is_none());
+        assert!(reg.invocation("t", "f", "r5").unwrap().is_some());
+        let last = format!("r{}", LOGS_PER_FUNCTION + 4);
+        assert_eq!(
+            reg.invocation("t", "f", &last).unwrap().unwrap().log_tail,
+            b"log"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! The server: opens the data directory's parts, serves the API, and shuts
+//! down gracefully (stop accepting, let in-flight invocations finish within
+//! the grace period, then stop every VM).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::codestore::CodeStore;
+use crate::config::ServeConfig;
+use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::events::EventQueue;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// A server that is accepting requests.
+pub struct RunningServer {
+    /// The address it listens on (useful with port 0).
+    pub local_addr: SocketAddr,
+    state: Arc<AppState>,
+    stop: oneshot::Sender<()>,
+    http: JoinHandle<std::io::Result<()>>,
+    grace: std::time::Duration,
+}
+
+/// Opens everything under the data directory and starts serving.
+pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    let data = &config.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating data dir {}", data.display()))?;
+    let registry = Arc::new(Registry::open(data).context("opening the registry")?);
+    let code = CodeStore::open(data).context("opening the code store")?;
+    let metrics = Metrics::new();
+    let run_dir = data.join("run");
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let dispatcher = Dispatcher::new(
+        DispatchConfig {
+            vmm: config.vmm.clone(),
+            kernel: config.kernel.clone(),
+            initramfs: config.initramfs.clone(),
+            run_dir,
+            capacity_mem_mib: config.capacity_mem_mib,
+            capacity_vcpus: config.capacity_vcpus,
+            tenant_concurrency: config
+                .tenants
+                .iter()
+                .map(|t| t.concurrency)
+                .max()
+                .unwrap_or(0),
+            keep_alive: config.keep_alive,
+            queue_wait: config.queue_wait,
+            health_interval: config.health_interval,
+        },
+        metrics.clone(),
+    );
+    let events = EventQueue::open(data).context("opening the event queue")?;
+    let state = Arc::new(AppState::new(
+        &config,
+        registry,
+        code,
+        dispatcher.clone(),
+        events.clone(),
+        metrics,
+    ));
+    let resolver_state = Arc::downgrade(&state);
+    events.start(
+        dispatcher,
+        Arc::new(move |tenant: &str, name: &str| resolver_state.upgrade()?.resolve(tenant, name)),
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local_addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = api::router(state.clone());
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%local_addr, data_dir = %data.display(), "serving the Lambda API");
+    Ok(RunningServer {
+        local_addr,
+        state,
+        stop,
+        http,
+        grace: config.shutdown_grace,
+    })
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish within the grace
+    /// period, then stops every VM.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let drain = tokio::time::timeout(self.grace + std::time::Duration::from_secs(1), self.http);
+        let (drained, ()) = tokio::join!(drain, self.state.dispatcher.shutdown(self.grace));
+        if drained.is_err() {
+            tracing::warn!("in-flight requests outlived the grace period");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Serves until `signal` completes, then shuts down.
+pub async fn serve_until(
+    config: ServeConfig,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    signal.await;
+    server.shutdown().await;
+    Ok(())
+}

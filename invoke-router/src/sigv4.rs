@@ -1,0 +1,384 @@
+//! AWS Signature Version 4: verifies the `Authorization` header of a request
+//! the way AWS services do, and signs requests (for tests and tools).
+//!
+//! Only header-based signing is supported (no presigned query strings). The
+//! payload hash is the body's SHA-256; an `x-amz-content-sha256` header, when
+//! present, must equal it (`UNSIGNED-PAYLOAD` is refused: every byte of a
+//! request is authenticated).
+
+use std::time::{Duration, SystemTime};
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::timefmt;
+
+/// The only algorithm SigV4 names.
+pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+
+/// How far a request's `X-Amz-Date` may be from our clock (AWS: 15 minutes).
+pub const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// Why a request's signature was refused. Each maps to an AWS error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header (AWS: `MissingAuthenticationTokenException`).
+    #[error("Missing Authentication Token")]
+    Missing,
+    /// The header is not a well-formed SigV4 authorization.
+    #[error("Authorization header is malformed: {0}")]
+    Malformed(String),
+    /// The access key id names no tenant (AWS: `UnrecognizedClientException`).
+    #[error("The security token included in the request is invalid.")]
+    UnknownKey,
+    /// The request is too old or from the future.
+    #[error("Signature expired: {0}")]
+    Expired(String),
+    /// The signature does not match (AWS: `InvalidSignatureException`).
+    #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")]
+    Mismatch,
+}
+
+impl AuthError {
+    /// The AWS error code for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "MissingAuthenticationTokenException",
+            AuthError::UnknownKey => "UnrecognizedClientException",
+            AuthError::Malformed(_) | AuthError::Expired(_) | AuthError::Mismatch => {
+                "InvalidSignatureException"
+            }
+        }
+    }
+}
+
+/// The parts of a request the signature covers.
+#[derive(Debug, Clone)]
+pub struct RequestParts<'a> {
+    /// HTTP method, upper case.
+    pub method: &'a str,
+    /// The path as sent on the wire (still percent-encoded).
+    pub path: &'a str,
+    /// The raw query string without `?` (empty if none).
+    pub query: &'a str,
+    /// Every header, name and value; names in any case, repeated names allowed.
+    pub headers: &'a [(String, String)],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// The parsed `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// The access key id.
+    pub access_key_id: String,
+    /// `YYYYMMDD` of the credential scope.
+    pub date: String,
+    /// The region of the scope (any region is accepted).
+    pub region: String,
+    /// The service of the scope.
+    pub service: String,
+    /// The signed header names, lower case, as listed.
+    pub signed_headers: Vec<String>,
+    /// The hex signature.
+    pub signature: String,
+}
+
+/// Parses `AWS4-HMAC-SHA256 Credential=.../.../.../.../aws4_request, SignedHeaders=..., Signature=...`.
+pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
+    let rest = value
+        .strip_prefix(ALGORITHM)
+        .ok_or_else(|| AuthError::Malformed(format!("algorithm must be {ALGORITHM}")))?;
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for part in rest.split(',') {
+        let part = part.trim();
+        let (key, val) = part
+            .split_once('=')
+            .ok_or_else(|| AuthError::Malformed(format!("'{part}' is not KEY=VALUE")))?;
+        match key {
+            "Credential" => credential = Some(val),
+            "SignedHeaders" => signed = Some(val),
+            "Signature" => signature = Some(val),
+            _ => return Err(AuthError::Malformed(format!("unknown field '{key}'"))),
+        }
+    }
+    let missing = |f: &str| AuthError::Malformed(format!("{f} is missing"));
+    let credential = credential.ok_or_else(|| missing("Credential"))?;
+    let signed = signed.ok_or_else(|| missing("SignedHeaders"))?;
+    let signature = signature.ok_or_else(|| missing("Signature"))?;
+    let scope: Vec<&str> = credential.split('/').collect();
+    if scope.len() != 5 || scope[4] != "aws4_request" || scope.iter().any(|s| s.is_empty()) {
+        return Err(AuthError::Malformed(
+            "Credential must be KEY/DATE/REGION/SERVICE/aws4_request".into(),
+        ));
+    }
+    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(AuthError::Malformed(
+            "Signature must be 64 hex digits".into(),
+        ));
+    }
+    let signed_headers: Vec<String> = signed.split(';').map(str::to_string).collect();
+    if signed_headers
+        .iter()
+        .any(|h| h.is_empty() || h.to_ascii_lowercase() != *h)
+    {
+        return Err(AuthError::Malformed(
+            "SignedHeaders must be lower-case names separated by ';'".into(),
+        ));
+    }
+    Ok(Authorization {
+        access_key_id: scope[0].to_string(),
+        date: scope[1].to_string(),
+        region: scope[2].to_string(),
+        service: scope[3].to_string(),
+        signed_headers,
+        signature: signature.to_ascii_lowercase(),
+    })
+}
+
+/// Verifies a request's signature. `secret_for` maps an access key id to its
+/// secret (None: unknown key). Returns the verified authorization.
+pub fn verify(
+    req: &RequestParts<'_>,
+    service: &str,
+    now: SystemTime,
+    secret_for: impl Fn(&str) -> Option<String>,
+) -> Result<Authorization, AuthError> {
+    let auth_value = header(req.headers, "authorization").ok_or(AuthError::Missing)?;
+    let auth = parse_authorization(auth_value)?;
+    if auth.service != service {
+        return Err(AuthError::Malformed(format!(
+            "credential scope names service '{}', expected '{service}'",
+            auth.service
+        )));
+    }
+    let secret = secret_for(&auth.access_key_id).ok_or(AuthError::UnknownKey)?;
+    if !auth.signed_headers.iter().any(|h| h == "host") {
+        return Err(AuthError::Malformed(
+            "'host' must be a signed header".into(),
+        ));
+    }
+    let amz_date = header(req.headers, "x-amz-date")
+        .ok_or_else(|| AuthError::Malformed("X-Amz-Date header is missing".into()))?;
+    let signed_at = timefmt::parse_amz_date(amz_date).ok_or_else(|| {
+        AuthError::Malformed(format!("X-Amz-Date '{amz_date}' is not YYYYMMDDTHHMMSSZ"))
+    })?;
+    if !amz_date.starts_with(&auth.date) {
+        return Err(AuthError::Malformed(
+            "credential scope date does not match X-Amz-Date".into(),
+        ));
+    }
+    let skew = match now.duration_since(signed_at) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    if skew > MAX_SKEW {
+        return Err(AuthError::Expired(format!(
+            "{amz_date} is more than 15 minutes from the server's time {}",
+            timefmt::amz_date(now)
+        )));
+    }
+    let body_hash = hex::encode(Sha256::digest(req.body));
+    if let Some(claimed) = header(req.headers, "x-amz-content-sha256") {
+        if !claimed.eq_ignore_ascii_case(&body_hash) {
+            return Err(AuthError::Mismatch);
+        }
+    }
+    let expected = signature(req, &auth, &secret, amz_date, &body_hash)?;
+    if constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+        Ok(auth)
+    } else {
+        Err(AuthError::Mismatch)
+    }
+}
+
+/// Signs a request: returns the `Authorization` header value. The request's
+/// headers must already hold `host` and `x-amz-date`; every header listed in
+/// `signed_headers` (lower case) is signed.
+pub fn sign(
+    req: &RequestParts<'_>,
+    access_key_id: &str,
+    secret: &str,
+    region: &str,
+    service: &str,
+    signed_headers: &[&str],
+) -> Result<String, AuthError> {
+    let amz_date = header(req.headers, "x-amz-date")
+        .ok_or_else(|| AuthError::Malformed("X-Amz-Date header is missing".into()))?;
+    let mut names: Vec<String> = signed_headers
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    names.sort();
+    let auth = Authorization {
+        access_key_id: access_key_id.to_string(),
+        date: amz_date.get(..8).unwrap_or_default().to_string(),
+        region: region.to_string(),
+        service: service.to_string(),
+        signed_headers: names,
+        signature: String::new(),
+    };
+    let body_hash = hex::encode(Sha256::digest(req.body));
+    let sig = signature(req, &auth, secret, amz_date, &body_hash)?;
+    Ok(format!(
+        "{ALGORITHM} Credential={}/{}/{}/{}/aws4_request, SignedHeaders={}, Signature={sig}",
+        auth.access_key_id,
+        auth.date,
+        auth.region,
+        auth.service,
+        auth.signed_headers.join(";")
+    ))
+}
+
+/// The hex signature of a request under `auth`'s scope and signed headers.
+fn signature(
+    req: &RequestParts<'_>,
+    auth: &Authorization,
+    secret: &str,
+    amz_date: &str,
+    body_hash: &str,
+) -> Result<String, AuthError> {
+    let canonical = canonical_request(req, &auth.signed_headers, body_hash)?;
+    let scope = format!(
+        "{}/{}/{}/aws4_request",
+        auth.date, auth.region, auth.service
+    );
+    let string_to_sign = format!(
+        "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let mut key = hmac(format!("AWS4{secret}").as_bytes(), auth.date.as_bytes());
+    for part in [&auth.region, &auth.service, "aws4_request"] {
+        key = hmac(&key, part.as_bytes());
+    }
+    Ok(hex::encode(hmac(&key, string_to_sign.as_bytes())))
+}
+
+/// The canonical request (SigV4 step 1) for non-S3 services.
+pub fn canonical_request(
+    req: &RequestParts<'_>,
+    signed_headers: &[String],
+    body_hash: &str,
+) -> Result<String, AuthError> {
+    let mut out = String::new();
+    out.push_str(req.method);
+    out.push('\n');
+    // Non-S3 services encode the (already encoded) path once more.
+    let path = if req.path.is_empty() { "/" } else { req.path };
+    out.push_str(&uri_encode(path.as_bytes(), false));
+    out.push('\n');
+    out.push_str(&canonical_query(req.query));
+    out.push('\n');
+    for name in signed_headers {
+        let values: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| collapse_spaces(v))
+            .collect();
+        if values.is_empty() {
+            return Err(AuthError::Malformed(format!(
+                "signed header '{name}' is not in the request"
+            )));
+        }
+        out.push_str(name);
+        out.push(':');
+        out.push_str(&values.join(","));
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&signed_headers.join(";"));
+    out.push('\n');
+    out.push_str(body_hash);
+    Ok(out)
+}
+
+/// The canonical query string: each name and value decoded, then strictly
+/// encoded, sorted by name then value.
+fn canonical_query(query: &str) -> String {
+    let mut pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                uri_encode(&percent_decode(k), true),
+                uri_encode(&percent_decode(v), true),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Percent-encodes every byte but RFC 3986 unreserved ones (and `/` unless
+/// `encode_slash`).
+fn uri_encode(bytes: &[u8], encode_slash: bool) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (b == b'/' && !encode_slash);
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` escapes; `+` stays `+` (SigV4 does not treat it as space).
+pub fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Trims a header value and collapses runs of spaces to one.
+fn collapse_spaces(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The first value of a header, by case-insensitive name.
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    // HMAC accepts keys of any length, so `new_from_slice` cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return Vec::new(),
+    };
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+#[path = "sigv4_tests.rs"]
+mod tests;
