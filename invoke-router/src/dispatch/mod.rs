@@ -299,6 +299,11 @@ impl Dispatcher {
         lifecycle::shutdown(&self.shared, grace).await;
     }
 
+    /// Whether [`Dispatcher::shutdown`] has begun (new invocations are refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
     /// Runs one round of reaping and health checks now (the background
     /// task does this periodically; tests on a manual clock call it).
     pub async fn tick(&self) {
