@@ -118,6 +118,8 @@ struct Process {
     pid: Option<i32>,
     dir: PathBuf,
     exited: bool,
+    /// The tasks copying the VMM's output to the console log.
+    capture: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -208,12 +210,13 @@ impl Vm {
             }
         };
         let console = dir.join(CONSOLE_FILE);
-        spawn_console_capture(&mut child, &console).await;
+        let capture = spawn_console_capture(&mut child, &console).await;
         let mut process = Process {
             pid: child.id().and_then(|p| i32::try_from(p).ok()),
             child,
             dir,
             exited: false,
+            capture,
         };
         match boot(&mut process, &uds, spec, deadline).await {
             Ok((hello, ready, conn)) => Ok(Vm {
@@ -225,6 +228,10 @@ impl Vm {
             }),
             Err(e) => {
                 process.kill().await;
+                // The pipes close with the VMM: let the last output land.
+                for task in process.capture.drain(..) {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+                }
                 let e = match e {
                     PlacementError::Boot(why) => {
                         PlacementError::Boot(format!("{why}{}", console_tail(&console)))
@@ -373,7 +380,7 @@ fn describe(s: ExitStatus) -> String {
 /// Copies the VMM's stdout (the guest console) and stderr (its own log)
 /// into `path`, keeping at most [`CONSOLE_LOG_CAP`] bytes; past the cap the
 /// output is drained and dropped, so the VMM never blocks on a full pipe.
-async fn spawn_console_capture(child: &mut Child, path: &Path) {
+async fn spawn_console_capture(child: &mut Child, path: &Path) -> Vec<tokio::task::JoinHandle<()>> {
     let file = match tokio::fs::File::create(path).await {
         Ok(f) => Some(f),
         Err(e) => {
@@ -382,12 +389,14 @@ async fn spawn_console_capture(child: &mut Child, path: &Path) {
         }
     };
     let sink = Arc::new(Mutex::new((file, 0u64)));
+    let mut tasks = Vec::new();
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(capture(out, sink.clone()));
+        tasks.push(tokio::spawn(capture(out, sink.clone())));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(capture(err, sink));
+        tasks.push(tokio::spawn(capture(err, sink)));
     }
+    tasks
 }
 
 async fn capture(
