@@ -123,12 +123,10 @@ impl Counting {
                 }
             }
         };
-        let check = check.and_then(|()| {
-            if t.total >= limit {
-                Err(Throttle::TenantLimit(limit))
-            } else {
-                Ok(())
-            }
+        let check = check.and(if t.total >= limit {
+            Err(Throttle::TenantLimit(limit))
+        } else {
+            Ok(())
         });
         if let Err(e) = check {
             self.drop_if_empty(tenant);

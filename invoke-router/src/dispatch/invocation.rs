@@ -66,7 +66,7 @@ pub(super) fn outcome_of(r: &Result<InvokeOutput, DispatchError>) -> InvocationO
 
 /// A slot to run on.
 enum Acquired {
-    Warm(Vm),
+    Warm(Box<Vm>),
     Cold(SlotId),
 }
 
@@ -81,7 +81,7 @@ pub(super) async fn run(
     let (vm, cold_start) = match acquired {
         Acquired::Warm(vm) => {
             sh.metrics.record_start(false);
-            (vm, false)
+            (*vm, false)
         }
         Acquired::Cold(id) => (cold_start(sh, &spec, &id).await?, true),
     };
@@ -113,7 +113,7 @@ async fn acquire(sh: &Arc<Shared>, spec: &FunctionSpec) -> Result<Acquired, Disp
             let decision = st.assignment.assign(&pool, charge, sh.clock.now());
             let next = match decision {
                 Decision::Warm(id) => match st.idle.remove(&id) {
-                    Some(vm) => Some(Acquired::Warm(vm)),
+                    Some(vm) => Some(Acquired::Warm(Box::new(vm))),
                     None => {
                         // Cannot happen (idle slots always have their VM);
                         // drop the slot rather than trust it.
@@ -143,8 +143,10 @@ async fn acquire(sh: &Arc<Shared>, spec: &FunctionSpec) -> Result<Acquired, Disp
             next
         };
         for vm in evicted {
+            // Idle, with a read-only disk: nothing to lose, and a waiting
+            // invocation wants the room as soon as possible.
             tracing::debug!(slot = %vm.id, "evicting an idle VM to make room");
-            spawn_stop(sh, vm, StopHow::Graceful);
+            spawn_stop(sh, vm, StopHow::Kill);
         }
         if let Some(a) = next {
             return Ok(a);
