@@ -97,14 +97,18 @@ pub(super) async fn tick(sh: &Arc<Shared>) {
         tracing::debug!(slot = %vm.id, "reaping an idle VM");
         spawn_stop(sh, vm, StopHow::Graceful);
     }
-    let pings: Vec<_> = checks.into_iter().map(|vm| check(sh, vm)).collect();
+    // Concurrently: one unresponsive VM must not hold up the others.
+    let pings: Vec<_> = checks
+        .into_iter()
+        .map(|vm| tokio::spawn(check(sh.clone(), vm)))
+        .collect();
     for p in pings {
-        p.await;
+        let _ = p.await;
     }
 }
 
 /// Pings one idle VM and puts it back, or recycles it.
-async fn check(sh: &Arc<Shared>, mut vm: Vm) {
+async fn check(sh: Arc<Shared>, mut vm: Vm) {
     let nonce = sh.ping_nonce.fetch_add(1, Ordering::Relaxed);
     let healthy = vm
         .conn
@@ -135,7 +139,7 @@ async fn check(sh: &Arc<Shared>, mut vm: Vm) {
             } else {
                 StopHow::Kill
             };
-            spawn_stop(sh, vm, how);
+            spawn_stop(&sh, vm, how);
         }
         None => sh.changed.notify_waiters(),
     }
