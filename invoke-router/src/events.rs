@@ -1,93 +1,590 @@
-//! Durable queue of Event invocations.
+//! Event invocations (`X-Amz-Invocation-Type: Event`): a durable queue in
+//! the data directory, processed at least once, with Lambda's two retries.
 //!
-//! STAND-IN (API branch): only the shared interface; replaced at merge.
+//! Storage (under `<data dir>/events/`): `journal.jsonl`, an append-only
+//! journal of state changes (see `journal.rs`), and per event a directory
+//! `<request id>/` holding `payload` and, once an attempt produced one,
+//! `result` (the agent's result as an `ember-protocol` frame). The payload
+//! is fsynced before the `enqueue` record, and each record before what it
+//! records is acted on, so after a crash or restart every accepted event is
+//! there; queued events and events whose attempt was cut short run again
+//! (at least once).
+//!
+//! Retries: a function error, a timeout, a runtime crash or a broken VM
+//! counts as a failed attempt; after the first the event waits a minute,
+//! after the second two minutes (Lambda's schedule; see
+//! [`EventQueue::set_retry_delays`]); three failed attempts fail the event.
+//! A throttled attempt does not count: it is retried with backoff until the
+//! event is [`MAX_EVENT_AGE`] old. A function that no longer exists fails
+//! the event at once.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod journal;
 
-use ember_protocol::InvokeResult;
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::dispatch::{Dispatcher, FunctionSpec};
+use ember_protocol::{InvokeResult, Message, Outcome};
+use tokio::sync::{Notify, Semaphore};
 
-/// Looks up the current spec of (tenant, function); None when it is gone.
+use crate::dispatch::{DispatchError, Dispatcher, FunctionSpec, InvokeInput};
+use journal::{Journal, Record};
+
+/// Attempts per event: the first and Lambda's two retries.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Events older than this are failed instead of retried after throttling
+/// (Lambda's default maximum event age).
+pub const MAX_EVENT_AGE: Duration = Duration::from_secs(6 * 3600);
+/// The most events waiting or running at once; more are refused.
+pub const MAX_PENDING_EVENTS: usize = 100_000;
+/// The most finished events kept (with their payload and result); the
+/// oldest go first when the queue is reopened.
+pub const MAX_FINISHED_EVENTS: usize = 10_000;
+/// Events processed at the same time.
+pub const MAX_CONCURRENT_EVENTS: usize = 32;
+/// Backoff after a throttled attempt: starts here, doubles, capped below.
+const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_THROTTLE_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A function resolver: the current spec of (tenant, function), if it exists.
 pub type Resolver = Arc<dyn Fn(&str, &str) -> Option<Arc<FunctionSpec>> + Send + Sync>;
 
-/// Where an event is in its life.
-#[derive(Debug, Clone)]
+/// Where an event is.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventStatus {
-    /// Recorded, not started.
+    /// Waiting for its first or next attempt.
     Queued,
-    /// Running its `attempt`th try.
+    /// An attempt is running.
     Running {
-        /// 1-based attempt number.
+        /// Which (1-based).
         attempt: u32,
     },
-    /// Ran to a result.
+    /// The function succeeded.
     Succeeded,
-    /// Gave up.
+    /// It failed every attempt, or its function is gone.
     Failed {
-        /// How many tries ran.
+        /// Attempts made.
         attempts: u32,
         /// The last error.
         error: String,
     },
 }
 
-/// One event invocation and its outcome.
-#[derive(Debug, Clone)]
+/// An event and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
-    /// The invocation's request id.
+    /// The request id (`X-Amzn-RequestId` of the Invoke that queued it).
     pub request_id: String,
-    /// The owning tenant.
+    /// Its tenant.
     pub tenant: String,
-    /// The function's name.
+    /// Its function.
     pub function: String,
     /// Where it is.
     pub status: EventStatus,
-    /// The last result, if any ran.
+    /// The last attempt's result, if an attempt produced one.
     pub result: Option<InvokeResult>,
 }
 
-/// The queue (stand-in: in memory, never runs anything).
-#[derive(Default)]
+/// Why an event was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The request id is not 1–128 characters of `[A-Za-z0-9._:-]`.
+    #[error("invalid request id {0:?}")]
+    InvalidRequestId(String),
+    /// An event with this request id exists.
+    #[error("an event with request id {0} already exists")]
+    Duplicate(String),
+    /// The payload is over the protocol's limit.
+    #[error("payload of {0} bytes is over the limit of {max} bytes", max = ember_protocol::MAX_PAYLOAD_LEN)]
+    PayloadTooLarge(usize),
+    /// Too many events are waiting.
+    #[error("the event queue is full ({MAX_PENDING_EVENTS} events)")]
+    QueueFull,
+    /// The data directory failed us.
+    #[error("event queue storage: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    tenant: String,
+    function: String,
+    at_ms: u64,
+    status: EventStatus,
+    /// Failed or finished attempts so far.
+    attempts: u32,
+    due_ms: u64,
+    throttled: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    journal: Journal,
+    entries: HashMap<String, Entry>,
+    /// Queued events by due time.
+    due: BTreeSet<(u64, String)>,
+    retry_delays: [Duration; 2],
+}
+
+/// The durable queue of Event invocations.
+#[derive(Debug)]
 pub struct EventQueue {
-    records: Mutex<HashMap<String, EventRecord>>,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    wake: Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Applies one record to the replayed state.
+fn apply(entries: &mut HashMap<String, Entry>, r: Record) {
+    match r {
+        Record::Enqueue {
+            id,
+            tenant,
+            function,
+            at_ms,
+        } => {
+            entries.insert(
+                id,
+                Entry {
+                    tenant,
+                    function,
+                    at_ms,
+                    status: EventStatus::Queued,
+                    attempts: 0,
+                    due_ms: at_ms,
+                    throttled: 0,
+                },
+            );
+        }
+        other => {
+            let Some(e) = entries.get_mut(other.id()) else {
+                return;
+            };
+            match other {
+                Record::Enqueue { .. } => {}
+                Record::Attempt { attempt, .. } => e.status = EventStatus::Running { attempt },
+                Record::Retry {
+                    attempts, due_ms, ..
+                } => {
+                    e.status = EventStatus::Queued;
+                    e.attempts = attempts;
+                    e.due_ms = due_ms;
+                }
+                Record::Throttled {
+                    attempts, due_ms, ..
+                } => {
+                    e.status = EventStatus::Queued;
+                    e.attempts = attempts;
+                    e.due_ms = due_ms;
+                    e.throttled += 1;
+                }
+                Record::Succeeded { attempts, .. } => {
+                    e.status = EventStatus::Succeeded;
+                    e.attempts = attempts;
+                }
+                Record::Failed {
+                    attempts, error, ..
+                } => {
+                    e.status = EventStatus::Failed { attempts, error };
+                    e.attempts = attempts;
+                }
+            }
+        }
+    }
+}
+
+/// The records that rebuild `e` (the compacted journal).
+fn records_for(id: &str, e: &Entry) -> Vec<Record> {
+    let mut out = vec![Record::Enqueue {
+        id: id.into(),
+        tenant: e.tenant.clone(),
+        function: e.function.clone(),
+        at_ms: e.at_ms,
+    }];
+    match &e.status {
+        EventStatus::Queued if e.attempts > 0 || e.throttled > 0 => out.push(Record::Retry {
+            id: id.into(),
+            attempts: e.attempts,
+            error: String::new(),
+            due_ms: e.due_ms,
+        }),
+        EventStatus::Queued | EventStatus::Running { .. } => {}
+        EventStatus::Succeeded => out.push(Record::Succeeded {
+            id: id.into(),
+            attempts: e.attempts,
+        }),
+        EventStatus::Failed { attempts, error } => out.push(Record::Failed {
+            id: id.into(),
+            attempts: *attempts,
+            error: error.clone(),
+        }),
+    }
+    out
 }
 
 impl EventQueue {
-    /// Opens (or creates) the queue in `data_dir`.
-    pub fn open(_data_dir: &Path) -> Result<Arc<Self>, std::io::Error> {
-        Ok(Arc::new(Self::default()))
+    /// Opens (or creates) the queue under `data_dir/events`, replaying its
+    /// journal: events that were queued or running are queued again.
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>, EventError> {
+        let dir = data_dir.join("events");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("journal.jsonl");
+        let mut entries = HashMap::new();
+        for r in Journal::read(&path)? {
+            apply(&mut entries, r);
+        }
+        // An attempt cut short by a crash runs again (same attempt number).
+        for e in entries.values_mut() {
+            if let EventStatus::Running { attempt } = e.status {
+                e.status = EventStatus::Queued;
+                e.attempts = attempt.saturating_sub(1);
+            }
+        }
+        let mut finished: Vec<(u64, String)> = entries
+            .iter()
+            .filter(|(_, e)| {
+                matches!(
+                    e.status,
+                    EventStatus::Succeeded | EventStatus::Failed { .. }
+                )
+            })
+            .map(|(id, e)| (e.at_ms, id.clone()))
+            .collect();
+        finished.sort();
+        let excess = finished.len().saturating_sub(MAX_FINISHED_EVENTS);
+        for (_, id) in finished.into_iter().take(excess) {
+            entries.remove(&id);
+            let _ = std::fs::remove_dir_all(dir.join(&id));
+        }
+        let mut ids: Vec<&String> = entries.keys().collect();
+        ids.sort_by_key(|id| (entries[*id].at_ms, (*id).clone()));
+        let records: Vec<Record> = ids
+            .iter()
+            .flat_map(|id| records_for(id, &entries[*id]))
+            .collect();
+        let journal = Journal::rewrite(&path, &records)?;
+        let due = entries
+            .iter()
+            .filter(|(_, e)| e.status == EventStatus::Queued)
+            .map(|(id, e)| (e.due_ms, id.clone()))
+            .collect();
+        Ok(Arc::new(EventQueue {
+            dir,
+            inner: Mutex::new(Inner {
+                journal,
+                entries,
+                due,
+                retry_delays: [Duration::from_secs(60), Duration::from_secs(120)],
+            }),
+            wake: Notify::new(),
+        }))
     }
 
-    /// Durably records the event, then returns.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the waits before the second and the third attempt (Lambda's
+    /// are one and two minutes, the default).
+    pub fn set_retry_delays(&self, delays: [Duration; 2]) {
+        self.lock().retry_delays = delays;
+    }
+
+    /// Durably records the event, then returns. Blocks on disk writes
+    /// (an fsync or three), as a durable enqueue must.
     pub fn enqueue(
         &self,
         tenant: &str,
         function: &str,
         request_id: &str,
-        _payload: &[u8],
-    ) -> Result<(), std::io::Error> {
-        let record = EventRecord {
-            request_id: request_id.to_string(),
-            tenant: tenant.to_string(),
-            function: function.to_string(),
-            status: EventStatus::Queued,
-            result: None,
+        payload: &[u8],
+    ) -> Result<(), EventError> {
+        if !ember_protocol::is_valid_request_id(request_id) || request_id.starts_with('.') {
+            return Err(EventError::InvalidRequestId(request_id.into()));
+        }
+        if payload.len() > ember_protocol::MAX_PAYLOAD_LEN {
+            return Err(EventError::PayloadTooLarge(payload.len()));
+        }
+        {
+            let st = self.lock();
+            if st.entries.contains_key(request_id) {
+                return Err(EventError::Duplicate(request_id.into()));
+            }
+            if st.due.len() >= MAX_PENDING_EVENTS {
+                return Err(EventError::QueueFull);
+            }
+        }
+        let event_dir = self.dir.join(request_id);
+        std::fs::create_dir(&event_dir).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                EventError::Duplicate(request_id.into())
+            } else {
+                e.into()
+            }
+        })?;
+        let stored = write_durably(&event_dir.join("payload"), payload)
+            .and_then(|()| journal::sync_dir(&event_dir))
+            .and_then(|()| journal::sync_dir(&self.dir));
+        if let Err(e) = stored {
+            let _ = std::fs::remove_dir_all(&event_dir);
+            return Err(e.into());
+        }
+        let at_ms = now_ms();
+        let mut st = self.lock();
+        let r = Record::Enqueue {
+            id: request_id.into(),
+            tenant: tenant.into(),
+            function: function.into(),
+            at_ms,
         };
-        self.records
-            .lock()
-            .map_err(|_| std::io::Error::other("event queue poisoned"))?
-            .insert(request_id.to_string(), record);
+        if let Err(e) = st.journal.append(&r) {
+            drop(st);
+            let _ = std::fs::remove_dir_all(&event_dir);
+            return Err(e.into());
+        }
+        apply(&mut st.entries, r);
+        st.due.insert((at_ms, request_id.into()));
+        drop(st);
+        self.wake.notify_one();
         Ok(())
     }
 
-    /// Starts the worker.
-    pub fn start(self: &Arc<Self>, _dispatcher: Arc<Dispatcher>, _resolve: Resolver) {}
-
-    /// The record of one event.
+    /// The event and its outcome, if it exists.
     pub fn get(&self, request_id: &str) -> Option<EventRecord> {
-        self.records.lock().ok()?.get(request_id).cloned()
+        let e = self.lock().entries.get(request_id)?.clone();
+        let result = std::fs::read(self.dir.join(request_id).join("result"))
+            .ok()
+            .and_then(|bytes| match Message::decode(&bytes) {
+                Ok((Message::Result(r), _)) => Some(r),
+                _ => None,
+            });
+        Some(EventRecord {
+            request_id: request_id.into(),
+            tenant: e.tenant,
+            function: e.function,
+            status: e.status,
+            result,
+        })
+    }
+
+    /// Starts processing queued events with `dispatcher` on the current
+    /// tokio runtime; `resolve` gives each attempt the function's current
+    /// spec (None: the function is gone and the event fails).
+    pub fn start(self: &Arc<Self>, dispatcher: Arc<Dispatcher>, resolve: Resolver) {
+        let queue = self.clone();
+        tokio::spawn(async move { queue.schedule(dispatcher, resolve).await });
+    }
+
+    async fn schedule(self: Arc<Self>, dispatcher: Arc<Dispatcher>, resolve: Resolver) {
+        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_EVENTS));
+        loop {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if dispatcher.is_shutting_down() {
+                return;
+            }
+            let now = now_ms();
+            let (ready, next_due) = {
+                let mut st = self.lock();
+                let mut ready = Vec::new();
+                while ready.len() < permits.available_permits() {
+                    match st.due.first() {
+                        Some((due, _)) if *due <= now => {}
+                        _ => break,
+                    }
+                    if let Some((_, id)) = st.due.pop_first() {
+                        ready.push(id);
+                    }
+                }
+                (ready, st.due.first().map(|(d, _)| *d))
+            };
+            for id in ready {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (queue, dispatcher, resolve) =
+                    (self.clone(), dispatcher.clone(), resolve.clone());
+                tokio::spawn(async move {
+                    queue.attempt(&id, &dispatcher, &resolve).await;
+                    drop(permit);
+                    queue.wake.notify_one();
+                });
+            }
+            let pause = match next_due {
+                Some(d) if permits.available_permits() > 0 => {
+                    Duration::from_millis(d.saturating_sub(now)).min(Duration::from_secs(1))
+                }
+                _ => Duration::from_secs(1),
+            };
+            let _ = tokio::time::timeout(pause, woken).await;
+        }
+    }
+
+    /// Records `r` in the journal and in memory; a journal that cannot be
+    /// written is logged (the state still changes: the event runs again
+    /// after a restart, which at-least-once allows).
+    fn record(&self, r: Record) {
+        let mut st = self.lock();
+        if let Err(e) = st.journal.append(&r) {
+            tracing::error!(journal = %st.journal.path().display(), "event journal: {e}");
+        }
+        let id = r.id().to_string();
+        apply(&mut st.entries, r);
+        if let Some(e) = st.entries.get(&id) {
+            if e.status == EventStatus::Queued {
+                let due = e.due_ms;
+                st.due.insert((due, id));
+            }
+        }
+    }
+
+    async fn attempt(&self, id: &str, dispatcher: &Dispatcher, resolve: &Resolver) {
+        let Some(entry) = self.lock().entries.get(id).cloned() else {
+            return;
+        };
+        let attempt = entry.attempts + 1;
+        let Some(spec) = resolve(&entry.tenant, &entry.function) else {
+            self.record(Record::Failed {
+                id: id.into(),
+                attempts: entry.attempts,
+                error: format!(
+                    "ResourceNotFoundException: function {} no longer exists",
+                    entry.function
+                ),
+            });
+            return;
+        };
+        let payload = match std::fs::read(self.dir.join(id).join("payload")) {
+            Ok(p) => p,
+            Err(e) => {
+                self.record(Record::Failed {
+                    id: id.into(),
+                    attempts: entry.attempts,
+                    error: format!("ServiceException: the stored payload is unreadable: {e}"),
+                });
+                return;
+            }
+        };
+        self.record(Record::Attempt {
+            id: id.into(),
+            attempt,
+        });
+        let input = InvokeInput {
+            request_id: id.into(),
+            payload,
+            client_context: None,
+            trace_id: None,
+        };
+        let error = match dispatcher.invoke(spec, input).await {
+            Ok(out) => {
+                let error = function_error(&out.result.outcome);
+                if let Err(e) = self.store_result(id, &out.result) {
+                    tracing::warn!(event = id, "cannot store the event's result: {e}");
+                }
+                match error {
+                    None => {
+                        self.record(Record::Succeeded {
+                            id: id.into(),
+                            attempts: attempt,
+                        });
+                        return;
+                    }
+                    Some(e) => e,
+                }
+            }
+            Err(DispatchError::TooManyRequests(m)) => {
+                self.throttled(id, &entry, m);
+                return;
+            }
+            // Cut short by shutdown: the journal says "running", so the
+            // attempt runs again after the restart.
+            Err(DispatchError::Unavailable(_)) if dispatcher.is_shutting_down() => return,
+            Err(e) => e.to_string(),
+        };
+        if attempt >= MAX_ATTEMPTS {
+            self.record(Record::Failed {
+                id: id.into(),
+                attempts: attempt,
+                error,
+            });
+        } else {
+            let delay = self.lock().retry_delays[(attempt - 1) as usize];
+            self.record(Record::Retry {
+                id: id.into(),
+                attempts: attempt,
+                error,
+                due_ms: now_ms().saturating_add(ms(delay)),
+            });
+        }
+    }
+
+    fn throttled(&self, id: &str, entry: &Entry, message: String) {
+        let now = now_ms();
+        if now.saturating_sub(entry.at_ms) >= ms(MAX_EVENT_AGE) {
+            self.record(Record::Failed {
+                id: id.into(),
+                attempts: entry.attempts,
+                error: format!("TooManyRequestsException: {message} (event too old to retry)"),
+            });
+            return;
+        }
+        let backoff = THROTTLE_BACKOFF
+            .saturating_mul(1u32 << entry.throttled.min(16))
+            .min(MAX_THROTTLE_BACKOFF);
+        self.record(Record::Throttled {
+            id: id.into(),
+            attempts: entry.attempts,
+            due_ms: now.saturating_add(ms(backoff)),
+        });
+    }
+
+    fn store_result(&self, id: &str, r: &InvokeResult) -> io::Result<()> {
+        let frame = Message::Result(r.clone())
+            .encode()
+            .map_err(io::Error::other)?;
+        write_durably(&self.dir.join(id).join("result"), &frame)
     }
 }
+
+/// The error an outcome stands for, if it is a failure.
+fn function_error(o: &Outcome) -> Option<String> {
+    match o {
+        Outcome::Ok => None,
+        Outcome::HandledError(e) | Outcome::UnhandledError(e) => {
+            Some(format!("{}: {}", e.error_type, e.error_message))
+        }
+        Outcome::Timeout => Some("Sandbox.Timedout: the function timed out".into()),
+        Outcome::RuntimeExit(x) => Some(format!(
+            "Runtime.ExitError: the runtime exited (status {:?}, signal {:?})",
+            x.status, x.signal
+        )),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, fsynced.
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+#[path = "events/tests.rs"]
+mod tests;

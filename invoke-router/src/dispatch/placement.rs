@@ -1,0 +1,443 @@
+//! Placement: a cold start. Each VM is an `ember-vmm` child process with
+//! its own directory `run_dir/<slot id>/` holding its vsock socket `v.sock`
+//! and its console log `console.log`. The VM boots our kernel and
+//! initramfs with the function's code image as its first (read-only)
+//! drive; the router then connects to the agent, configures the function
+//! and waits for the runtime's `Ready`. Any failure kills the VMM's
+//! process group and removes the directory before it is reported.
+//!
+//! Sizing: the guest gets the function's memory plus
+//! [`AGENT_HEADROOM_MIB`] for its kernel and agent (the agent caps the
+//! handler at the function's memory), and each VM is charged that plus
+//! [`VMM_OVERHEAD_MIB`] for the VMM process itself against the host
+//! capacity. One vCPU per VM. Every VMM has its own vsock device whose host
+//! side is its own Unix socket, so every guest can use the same CID.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_protocol::{Configure, Hello, Ready, AGENT_VSOCK_PORT};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::agent_conn::{AgentConn, ConnError};
+use super::slot::SlotId;
+use super::FunctionSpec;
+
+/// Guest memory added to the function's memory for the guest kernel and
+/// the agent (the agent reserves 48 MiB of the VM for itself).
+pub const AGENT_HEADROOM_MIB: u32 = 64;
+/// Host memory charged per VM for the VMM process (its own heap, device
+/// buffers, page tables) on top of the guest memory.
+pub const VMM_OVERHEAD_MIB: u64 = 16;
+/// The guest CID of every VM (each VMM has its own vsock namespace).
+pub const GUEST_CID: u32 = 3;
+/// The guest kernel's command line.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet";
+/// How long a cold start (boot, connect, configure, runtime init) may take.
+pub const COLD_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the runtime may take to initialise (Lambda's init limit).
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most console output kept per VM.
+pub const CONSOLE_LOG_CAP: u64 = 1 << 20;
+/// How much of the console log goes into a failure report.
+const CONSOLE_TAIL_IN_REPORT: usize = 2048;
+/// How long to wait for a killed VMM to be reaped.
+const REAP_WAIT: Duration = Duration::from_secs(5);
+/// The longest Unix socket path (`sun_path` less its NUL).
+const MAX_UDS_PATH_LEN: usize = 107;
+
+/// The VM's socket and console file names inside its directory.
+pub const VSOCK_FILE: &str = "v.sock";
+/// See [`VSOCK_FILE`].
+pub const CONSOLE_FILE: &str = "console.log";
+
+/// Host memory a VM of `memory_mib` takes from the capacity.
+pub fn charge_mib(memory_mib: u32) -> u64 {
+    u64::from(memory_mib) + u64::from(AGENT_HEADROOM_MIB) + VMM_OVERHEAD_MIB
+}
+
+/// What every VM is launched with.
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    /// The `ember-vmm` binary.
+    pub vmm: PathBuf,
+    /// The guest kernel (`vmlinux`).
+    pub kernel: PathBuf,
+    /// The guest initramfs (the agent).
+    pub initramfs: PathBuf,
+    /// Where slot directories live.
+    pub run_dir: PathBuf,
+    /// Cold-start deadline.
+    pub cold_start_timeout: Duration,
+}
+
+/// Why a cold start failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    /// The host could not launch a VM (missing binary, no directory): not
+    /// the function's fault.
+    #[error("cannot launch a VM: {0}")]
+    Host(String),
+    /// The VM did not boot to a configured agent.
+    #[error("the VM failed to start: {0}")]
+    Boot(String),
+    /// The function's runtime failed to initialise.
+    #[error("{error_type}: {error_message}")]
+    Init {
+        /// Lambda's error type, e.g. `Runtime.ExitError`.
+        error_type: String,
+        /// What happened.
+        error_message: String,
+    },
+}
+
+/// A running VM with a configured agent.
+#[derive(Debug)]
+pub struct Vm {
+    /// Its slot.
+    pub id: SlotId,
+    /// The agent's greeting (boot timing).
+    pub hello: Hello,
+    /// The runtime's init report.
+    pub ready: Ready,
+    /// The agent connection.
+    pub conn: AgentConn,
+    process: Process,
+}
+
+/// The VMM process and its directory; cleaned up on drop if not before.
+#[derive(Debug)]
+struct Process {
+    child: Child,
+    pid: Option<i32>,
+    dir: PathBuf,
+    exited: bool,
+    /// The tasks copying the VMM's output to the console log.
+    capture: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Process {
+    /// Kills the whole process group (the VMM leads it) and waits.
+    async fn kill(&mut self) {
+        if !self.exited {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                self.exited = true;
+            } else if let Some(pid) = self.pid {
+                // SAFETY: plain syscall; the group is the VMM's own (it was
+                // started as a group leader and has not been reaped).
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+        if tokio::time::timeout(REAP_WAIT, self.child.wait())
+            .await
+            .is_ok()
+        {
+            self.exited = true;
+        }
+    }
+
+    /// Waits up to `grace` for the VMM to exit; whether it did.
+    async fn wait(&mut self, grace: Duration) -> Option<ExitStatus> {
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.exited = true;
+                Some(status)
+            }
+            _ => None,
+        }
+    }
+
+    fn remove_dir(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.dir.display(), "cannot remove a slot directory: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if !self.exited {
+            if let (Ok(None), Some(pid)) = (self.child.try_wait(), self.pid) {
+                // SAFETY: as in `kill`; the child is not reaped yet.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+        self.remove_dir();
+    }
+}
+
+impl Vm {
+    /// Boots a VM for `spec` in slot `id` and waits until its runtime is
+    /// ready. Nothing is left behind on failure.
+    pub async fn launch(
+        cfg: &PlacementConfig,
+        id: &SlotId,
+        spec: &FunctionSpec,
+    ) -> Result<Vm, PlacementError> {
+        let deadline = Instant::now() + cfg.cold_start_timeout;
+        let dir = cfg.run_dir.join(&id.0);
+        let uds = dir.join(VSOCK_FILE);
+        if uds.as_os_str().len() > MAX_UDS_PATH_LEN {
+            return Err(PlacementError::Host(format!(
+                "the socket path {} is longer than {MAX_UDS_PATH_LEN} bytes; use a shorter run directory",
+                uds.display()
+            )));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| PlacementError::Host(format!("create {}: {e}", dir.display())))?;
+        let mut cmd = vmm_command(cfg, &uds, spec);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(PlacementError::Host(format!(
+                    "start {}: {e}",
+                    cfg.vmm.display()
+                )));
+            }
+        };
+        let console = dir.join(CONSOLE_FILE);
+        let capture = spawn_console_capture(&mut child, &console).await;
+        let mut process = Process {
+            pid: child.id().and_then(|p| i32::try_from(p).ok()),
+            child,
+            dir,
+            exited: false,
+            capture,
+        };
+        match boot(&mut process, &uds, spec, deadline).await {
+            Ok((hello, ready, conn)) => Ok(Vm {
+                id: id.clone(),
+                hello,
+                ready,
+                conn,
+                process,
+            }),
+            Err(e) => {
+                process.kill().await;
+                // The pipes close with the VMM: let the last output land.
+                for task in process.capture.drain(..) {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+                }
+                let e = match e {
+                    PlacementError::Boot(why) => {
+                        PlacementError::Boot(format!("{why}{}", console_tail(&console)))
+                    }
+                    other => other,
+                };
+                drop(process);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the VM: asks the agent to power off, waits up to `grace` for
+    /// the VMM to exit, then kills it; the directory goes too.
+    pub async fn stop(mut self, grace: Duration) {
+        self.conn.shutdown().await;
+        if self.process.wait(grace).await.is_none() {
+            tracing::warn!(slot = %self.id, "the VMM did not exit after Shutdown; killing it");
+        }
+        self.process.kill().await;
+    }
+
+    /// Kills the VM at once (it is broken; no point asking).
+    pub async fn kill(mut self) {
+        self.process.kill().await;
+    }
+
+    /// Whether the VMM process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.process.exited || matches!(self.process.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The VM's directory.
+    pub fn dir(&self) -> &Path {
+        &self.process.dir
+    }
+}
+
+fn vmm_command(cfg: &PlacementConfig, uds: &Path, spec: &FunctionSpec) -> Command {
+    let mut drive = spec.code_image.as_os_str().to_owned();
+    drive.push(",ro");
+    let mut cmd = Command::new(&cfg.vmm);
+    cmd.arg("--kernel")
+        .arg(&cfg.kernel)
+        .arg("--initrd")
+        .arg(&cfg.initramfs)
+        .arg("--cmdline")
+        .arg(KERNEL_CMDLINE)
+        .arg("--vcpus")
+        .arg("1")
+        .arg("--mem-mib")
+        .arg((spec.memory_mib.saturating_add(AGENT_HEADROOM_MIB)).to_string())
+        .arg("--vsock-cid")
+        .arg(GUEST_CID.to_string())
+        .arg("--vsock-uds")
+        .arg(uds)
+        .arg("--drive")
+        .arg(drive)
+        .arg("--serial")
+        .arg("stdout")
+        .arg("--log-level")
+        .arg("warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    // SAFETY: the closure only makes an async-signal-safe syscall. If the
+    // router dies, the kernel kills its VMMs (they lead their own process
+    // groups, so a terminal's signals would not reach them).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Waits for the agent, then configures the function.
+async fn boot(
+    process: &mut Process,
+    uds: &Path,
+    spec: &FunctionSpec,
+    deadline: Instant,
+) -> Result<(Hello, Ready, AgentConn), PlacementError> {
+    let connected = tokio::select! {
+        c = AgentConn::connect(uds, AGENT_VSOCK_PORT, deadline) => c,
+        status = process.child.wait() => {
+            process.exited = true;
+            return Err(PlacementError::Boot(match status {
+                Ok(s) => format!("the VMM exited ({}) before the agent listened", describe(s)),
+                Err(e) => format!("waiting for the VMM: {e}"),
+            }));
+        }
+    };
+    let boot_err = |e: ConnError| PlacementError::Boot(e.to_string());
+    let mut conn = connected.map_err(boot_err)?;
+    let hello = conn.hello(deadline).await.map_err(boot_err)?;
+    let configure = Configure {
+        function_name: spec.name.clone(),
+        function_version: "$LATEST".into(),
+        function_arn: spec.arn.clone(),
+        handler: spec.handler.clone(),
+        runtime: spec.runtime,
+        env: spec.env.clone(),
+        memory_mib: spec.memory_mib,
+        timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+        init_timeout_ms: u64::try_from(INIT_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+    };
+    match conn.configure(configure, deadline).await {
+        Ok(ready) => Ok((hello, ready, conn)),
+        Err(ConnError::Init(e)) => {
+            let log = String::from_utf8_lossy(conn.init_log()).into_owned();
+            let error_message = if log.trim().is_empty() {
+                e.error_message
+            } else {
+                format!("{}\n{}", e.error_message, log.trim_end())
+            };
+            Err(PlacementError::Init {
+                error_type: e.error_type,
+                error_message,
+            })
+        }
+        Err(e) => Err(boot_err(e)),
+    }
+}
+
+fn describe(s: ExitStatus) -> String {
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("status {c}"),
+        (None, Some(sig)) => format!("signal {sig}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// Copies the VMM's stdout (the guest console) and stderr (its own log)
+/// into `path`, keeping at most [`CONSOLE_LOG_CAP`] bytes; past the cap the
+/// output is drained and dropped, so the VMM never blocks on a full pipe.
+async fn spawn_console_capture(child: &mut Child, path: &Path) -> Vec<tokio::task::JoinHandle<()>> {
+    let file = match tokio::fs::File::create(path).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "no console log: {e}");
+            None
+        }
+    };
+    let sink = Arc::new(Mutex::new((file, 0u64)));
+    let mut tasks = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        tasks.push(tokio::spawn(capture(out, sink.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        tasks.push(tokio::spawn(capture(err, sink)));
+    }
+    tasks
+}
+
+async fn capture(
+    mut pipe: impl AsyncRead + Unpin,
+    sink: Arc<Mutex<(Option<tokio::fs::File>, u64)>>,
+) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut guard = sink.lock().await;
+        let (file, written) = &mut *guard;
+        let room = CONSOLE_LOG_CAP.saturating_sub(*written);
+        let take = (n as u64).min(room) as usize;
+        if take == 0 {
+            continue;
+        }
+        if let Some(f) = file {
+            if f.write_all(&buf[..take]).await.is_err() {
+                *file = None;
+            } else {
+                let _ = f.flush().await;
+            }
+        }
+        *written += take as u64;
+    }
+}
+
+/// The end of the console log, for failure reports.
+fn console_tail(path: &Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(CONSOLE_TAIL_IN_REPORT);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let text = text.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; console: {text}")
+    }
+}
