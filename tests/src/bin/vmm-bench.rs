@@ -12,7 +12,7 @@
 //!   VMM_THREADS_CPU_MS  CPU time of the VMM's own threads (all but the
 //!                     vCPU threads, which run the guest) up to the marker
 //! With --vsock the guest must run `vsock-tool guest-echo PORT`; the VMM
-//! is stopped with SIGTERM after the measurements.
+//! is stopped with SIGTERM after the measurements (without, with SIGKILL).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -98,6 +98,9 @@ fn run() -> Result<(), String> {
             "RSS_OUTSIDE_GUEST_KIB {}",
             rss_outside_guest(child.id(), mem_mib)?
         );
+        // Nothing more to measure, and the guest may run on forever.
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     }
     let status = wait(&mut child)?;
     println!("VMM_EXIT {}", status.code().unwrap_or(-1));
