@@ -68,7 +68,7 @@ fn exec_handler_runs_and_survives_every_failure() {
     code_image(&task, &image);
     let handler = r#"read -r e; case "$e" in fail) echo nope >&2; exit 3;; sleep) sleep 30;; hog) echo hogging; awk 'BEGIN { s = "x"; while (1) s = s s }';; crash) kill -9 $$;; *) echo "got $e as uid $(id -u)";; esac"#;
     let args = format!(
-        "--runtime exec --handler '{}' --memory 128 --timeout-ms 3000 --shutdown \
+        "--runtime exec --handler '{}' --memory 64 --timeout-ms 8000 --shutdown \
          hello fail sleep again hog after-hog crash after-crash @oversize after-oversize",
         handler.replace('\'', r"'\''")
     );

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use log::{error, warn};
+use log::{debug, error, warn};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
@@ -154,7 +154,9 @@ impl MmioTransport {
     fn reset(&mut self) {
         let mut device = lock(&self.device);
         if device.is_activated() && !device.reset() {
-            warn!(
+            // Drivers reset devices on the way to a guest reboot, which ends
+            // the VM anyway: not worth a warning.
+            debug!(
                 "virtio-mmio: device type {} cannot be reset; it stays stopped",
                 device.device_type()
             );
