@@ -30,6 +30,8 @@ pub struct Artifacts {
     pub agent_client: PathBuf,
     /// A static `bootstrap` built with the `lambda_runtime` crate.
     pub lambda_bootstrap: PathBuf,
+    /// The statically linked `ember-invoke-router`.
+    pub router: PathBuf,
 }
 
 /// The checkout's root directory.
@@ -91,6 +93,7 @@ impl Artifacts {
             vsock_tool: artifact("EMBER_VSOCK_TOOL"),
             agent_client: artifact("EMBER_AGENT_CLIENT"),
             lambda_bootstrap: artifact("EMBER_LAMBDA_BOOTSTRAP"),
+            router: artifact("EMBER_ROUTER_STATIC"),
         }
     }
 }
