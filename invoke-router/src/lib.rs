@@ -2,6 +2,7 @@
 //! microVM slots per function.
 
 pub mod api; // the Lambda HTTP API: routes, auth, shapes, errors
+pub mod client; // a SigV4-signing client of that API
 pub mod codestore; // zip validation, content-addressed code, ext4 images
 pub mod config; // settings: config file and flags
 pub mod dispatch; // the data plane: slots, assignment, placement, counting

@@ -1,19 +1,51 @@
-//! `ember-invoke-router up`: the README's start command. So far it says
-//! what it will do and prints the default tenant's credentials (created once
-//! and kept in the data directory); the soft-host orchestration comes next.
+//! `ember-invoke-router up`: the README's start command. Builds the guest
+//! images if needed, serves the Lambda API on 127.0.0.1:9000 with data under
+//! the user's data home, registers a sample `hello` function, prints the
+//! endpoint and the default tenant's credentials, and runs until
+//! interrupted, then stops every VM.
+//!
+//! Where `/dev/kvm` is hardware KVM the router runs here, as a child
+//! `serve`. Elsewhere the router and its VMs run inside the soft KVM host
+//! (`images/softhost`) with the API port forwarded to 127.0.0.1 here; the
+//! router's data then lives in the soft host's memory and goes with it.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use ember_invoke_router::client::{self, Client};
+
 /// Flags of `up`.
-#[derive(Args, Default)]
+#[derive(Args)]
 pub struct UpArgs {
     /// Data directory [default: $XDG_DATA_HOME/ember or ~/.local/share/ember].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Port of the API on 127.0.0.1.
+    #[arg(long, default_value_t = 9000)]
+    port: u16,
+    /// Memory of the soft KVM host in MiB (only without hardware KVM).
+    #[arg(long, default_value_t = 4096)]
+    softhost_mem_mib: u32,
 }
+
+impl Default for UpArgs {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            port: 9000,
+            softhost_mem_mib: 4096,
+        }
+    }
+}
+
+/// The sample function: an `exec` handler that greets and echoes the event.
+const HELLO_SH: &[u8] = b"#!/bin/sh\n\
+read -r event\n\
+printf '{\"message\":\"Hello from Ember\",\"event\":%s}\\n' \"${event:-null}\"\n";
 
 /// The default tenant's key pair, created on first use.
 fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
@@ -44,38 +76,259 @@ fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
     Ok((id, secret))
 }
 
-/// Runs `up`.
-pub fn run(args: UpArgs, default_data_dir: &Path) -> ExitCode {
+/// The checkout this binary was built from (it holds `images/`).
+fn checkout_root() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or("no checkout root")?;
+    if !root.join("images/build").is_file() {
+        return Err(format!(
+            "{} has no images/build: run `up` from an Ember checkout (cargo run -p ember-invoke-router -- up)",
+            root.display()
+        ));
+    }
+    Ok(root)
+}
+
+/// Runs `cmd` and returns its stdout, or why it failed.
+fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{what} failed ({})", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The guest kernel and initramfs, built (or found in the cache) by images/build.
+fn build_images(repo: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let text = output(
+        Command::new(repo.join("images/build")).arg("--print-paths"),
+        "images/build",
+    )?;
+    let find = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(PathBuf::from)
+            .ok_or(format!("images/build printed no {key} line"))
+    };
+    Ok((find("vmlinux=")?, find("initramfs=")?))
+}
+
+/// A static build of `bin` from `package` (what the soft host needs).
+fn static_binary(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, String> {
+    let script =
+        format!("repo=\"$1\"; source \"$1/images/lib.sh\"; build_static_bin {package} {bin}");
+    let path = output(
+        Command::new("bash").args(["-c", &script, "up"]).arg(repo),
+        &format!("static build of {bin}"),
+    )?;
+    Ok(PathBuf::from(path.trim()))
+}
+
+/// Whether `/dev/kvm` is hardware KVM (else the soft host is needed).
+fn hardware_kvm() -> bool {
+    Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Starts the router: here, or inside the soft host.
+fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
+    let (kernel, initramfs) = build_images(repo)?;
+    let tenants = data_dir.join("default-tenant.toml");
+    let mut cmd = if hardware_kvm() {
+        let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", args.port))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--config")
+            .arg(&tenants)
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--initramfs")
+            .arg(&initramfs);
+        cmd
+    } else {
+        eprintln!("ember-invoke-router up: no hardware KVM here: running router and VMs in the soft KVM host");
+        let vmm = static_binary(repo, "ember-vmm", "ember-vmm")?;
+        let router = static_binary(repo, "ember-invoke-router", "ember-invoke-router")?;
+        let mkfs =
+            find_in_path("mkfs.ext4").ok_or("mkfs.ext4 not found: apt-get install e2fsprogs")?;
+        let put = |src: &Path, dst: &str| format!("{}:{dst}", src.display());
+        let mut cmd = Command::new(repo.join("images/softhost"));
+        cmd.args(["--timeout", "0", "--cpus", "2"])
+            .arg("--mem")
+            .arg(args.softhost_mem_mib.to_string())
+            .arg("--forward")
+            .arg(args.port.to_string())
+            .args(["--put", &put(&router, "ember-invoke-router")])
+            .args(["--put", &put(&vmm, "ember-vmm")])
+            .args(["--put", &put(&kernel, "vmlinux")])
+            .args(["--put", &put(&initramfs, "initramfs")])
+            .args(["--put", &put(&mkfs, "bin/mkfs.ext4")])
+            .args(["--put", &put(&tenants, "tenants.toml")])
+            .args(["--env", "PATH=/work/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+            .arg("--")
+            .args(["./ember-invoke-router", "serve", "--listen"])
+            .arg(format!("0.0.0.0:{}", args.port))
+            .args(["--data-dir", "/work/data", "--config", "tenants.toml"])
+            .args([
+                "--kernel",
+                "vmlinux",
+                "--initramfs",
+                "initramfs",
+                "--vmm",
+                "./ember-vmm",
+            ])
+            .arg("--capacity-mem-mib")
+            .arg((args.softhost_mem_mib.saturating_sub(512)).to_string());
+        cmd
+    };
+    // Its own process group: an interrupt stops the whole tree in order.
+    cmd.process_group(0);
+    cmd.spawn().map_err(|e| format!("starting the router: {e}"))
+}
+
+/// Waits until the API answers (or the router exits, or 5 minutes pass).
+async fn wait_ready(client: &Client, child: &mut Child) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(300) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the router exited during start-up ({status})"));
+        }
+        if let Ok(r) = client
+            .call("GET", "/2015-03-31/functions/", vec![], &[])
+            .await
+        {
+            if r.status == 200 {
+                return Ok(());
+            }
+            return Err(format!("the router answers {}: {}", r.status, r.text()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err("the router did not answer within 5 minutes".into())
+}
+
+/// Registers `hello` unless it exists.
+async fn register_hello(client: &Client) -> Result<(), String> {
+    let zip = client::zip_base64(&[("hello.sh", HELLO_SH, 0o755)]).map_err(|e| e.to_string())?;
+    let body = serde_json::json!({
+        "FunctionName": "hello",
+        "Runtime": "exec",
+        "Handler": "./hello.sh",
+        "Role": "arn:aws:iam::000000000000:role/ember",
+        "Code": { "ZipFile": zip },
+        "MemorySize": 128,
+        "Timeout": 10,
+    });
+    let r = client
+        .call(
+            "POST",
+            "/2015-03-31/functions",
+            body.to_string().into_bytes(),
+            &[("content-type", "application/json")],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    match r.status {
+        201 | 409 => Ok(()),
+        other => Err(format!("registering hello: {other} {}", r.text())),
+    }
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: kill(2) of the router's own process group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // SAFETY: as above, now forcefully.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+async fn up(args: UpArgs, default_data_dir: &Path) -> Result<(), String> {
     let data_dir = args
         .data_dir
+        .clone()
         .unwrap_or_else(|| default_data_dir.to_path_buf());
-    let (id, secret) = match default_credentials(&data_dir) {
-        Ok(c) => c,
+    let (id, secret) = default_credentials(&data_dir)
+        .map_err(|e| format!("cannot keep credentials in {}: {e}", data_dir.display()))?;
+    let repo = checkout_root()?;
+    let mut child = start_router(&repo, &args, &data_dir)?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], args.port));
+    let client = Client::new(addr, &id, &secret, "us-east-1");
+    let ready = async {
+        wait_ready(&client, &mut child).await?;
+        register_hello(&client).await
+    };
+    if let Err(e) = ready.await {
+        stop(&mut child);
+        return Err(e);
+    }
+    let endpoint = format!("http://127.0.0.1:{}", args.port);
+    println!("Ember is up: the Lambda API at {endpoint}, with a sample function 'hello'.");
+    println!("ENDPOINT={endpoint}");
+    println!("AWS_ACCESS_KEY_ID={id}");
+    println!("AWS_SECRET_ACCESS_KEY={secret}");
+    println!(
+        "AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} aws lambda invoke --endpoint-url {endpoint} --region us-east-1 --function-name hello --payload '{{\"name\":\"you\"}}' --cli-binary-format raw-in-base64-out out.json && cat out.json"
+    );
+    println!("Press Ctrl-C to stop (every VM stops with it).");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("the router stopped ({status})"));
+                }
+            }
+        }
+    }
+    eprintln!("ember-invoke-router up: stopping");
+    stop(&mut child);
+    Ok(())
+}
+
+/// Runs `up`.
+pub fn run(args: UpArgs, default_data_dir: &Path) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
         Err(e) => {
-            eprintln!(
-                "ember-invoke-router: cannot keep credentials in {}: {e}",
-                data_dir.display()
-            );
+            eprintln!("ember-invoke-router up: {e}");
             return ExitCode::from(1);
         }
     };
-    println!("ember-invoke-router up will:");
-    println!("  1. build the guest images if needed (images/build)");
-    println!(
-        "  2. serve the Lambda API on 127.0.0.1:9000 with data in {}",
-        data_dir.display()
-    );
-    println!("     (without hardware virtualization: router and VMs inside images/softhost,");
-    println!("      the API port forwarded to 127.0.0.1:9000)");
-    println!("  3. register a sample 'hello' function, then run until interrupted");
-    println!(
-        "Not wired yet: use `ember-invoke-router serve --config {}` for now.",
-        data_dir.join("default-tenant.toml").display()
-    );
-    println!();
-    println!("ENDPOINT=http://127.0.0.1:9000");
-    println!("AWS_ACCESS_KEY_ID={id}");
-    println!("AWS_SECRET_ACCESS_KEY={secret}");
-    println!("aws lambda invoke --endpoint-url http://127.0.0.1:9000 --region us-east-1 --function-name hello out.json");
-    ExitCode::SUCCESS
+    match rt.block_on(up(args, default_data_dir)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ember-invoke-router up: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

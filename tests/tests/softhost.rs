@@ -136,7 +136,7 @@ fn bad_arguments_are_refused_with_the_reason() {
         ),
         (
             &["--timeout", "soon", "--", "true"],
-            "--timeout must be a positive number",
+            "--timeout must be a number of seconds",
         ),
         (&["--mem", "64", "--", "true"], "--mem must be at least 512"),
         (
