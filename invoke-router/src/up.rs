@@ -291,7 +291,7 @@ async fn up(args: UpArgs, default_data_dir: &Path) -> Result<(), String> {
     println!("AWS_ACCESS_KEY_ID={id}");
     println!("AWS_SECRET_ACCESS_KEY={secret}");
     println!(
-        "AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} aws lambda invoke --endpoint-url {endpoint} --region us-east-1 --function-name hello --payload '{{\"name\":\"you\"}}' --cli-binary-format raw-in-base64-out out.json && cat out.json"
+        "AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} aws lambda invoke --endpoint-url {endpoint} --region us-east-1 --function-name hello out.json && cat out.json"
     );
     println!("Press Ctrl-C to stop (every VM stops with it).");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
