@@ -1,0 +1,2 @@
+//! `router-bench`: placeholder.
+fn main() {}
