@@ -54,17 +54,20 @@ impl SoftRouter {
             ALPHA.tenant_flag("alpha"),
             BETA.tenant_flag("beta")
         );
-        // A short data dir: the VMs' vsock sockets live under it and a Unix
-        // socket path must fit in 107 bytes.
+        // A short data dir in the job's own directory: the VMs' vsock
+        // sockets live under it and a Unix socket path must fit in 107 bytes.
         let script = format!(
-            "export PATH=/work/bin:$PATH
+            "export PATH=$PWD/bin:$PATH
              serve() {{
-                 ./ember-invoke-router serve --listen 0.0.0.0:{port} --data-dir /work/d \
+                 ./ember-invoke-router serve --listen 0.0.0.0:{port} --data-dir $PWD/d \
                      --kernel vmlinux --initramfs initramfs --vmm ./ember-vmm \
                      --capacity-mem-mib 2048 --capacity-vcpus 8 {tenants} >>router.log 2>&1 &
                  router=$!
              }}
-             stop() {{ kill -TERM $router; wait $router; echo \"ROUTER-EXIT $?\"; }}
+             stop() {{
+                 kill -TERM $router; wait $router; echo \"ROUTER-EXIT $?\"
+                 echo \"LEFT-VM-DIRS $(ls d/run | wc -l)\"
+             }}
              serve
              while :; do
                  cmd=$(echo ok | ./busybox nc -l -p {ctrl})
@@ -224,18 +227,24 @@ impl SoftRouter {
         out
     }
 
-    /// Stops everything and asserts a clean end: the job's exit 0 and every
-    /// router run ending with status 0 (graceful shutdown).
+    /// Stops everything and asserts a clean end: the job's exit 0, and
+    /// every router run ending with status 0 (graceful shutdown) and no VM
+    /// directory left behind.
     fn finish(mut self) -> Finished {
         let out = self.stop();
         assert_eq!(out.code, Some(0), "{out}");
-        let exits: Vec<&str> = out
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with("ROUTER-EXIT"))
-            .collect();
+        let lines = |prefix: &str| -> Vec<String> {
+            let found = out.stdout.lines().filter(|l| l.starts_with(prefix));
+            found.map(str::to_string).collect()
+        };
+        let exits = lines("ROUTER-EXIT");
         assert!(
-            !exits.is_empty() && exits.iter().all(|l| *l == "ROUTER-EXIT 0"),
+            !exits.is_empty() && exits.iter().all(|l| l == "ROUTER-EXIT 0"),
+            "{out}"
+        );
+        let left = lines("LEFT-VM-DIRS");
+        assert!(
+            left.len() == exits.len() && left.iter().all(|l| l == "LEFT-VM-DIRS 0"),
             "{out}"
         );
         out
