@@ -183,6 +183,49 @@ impl SoftRouter {
         (r, started.elapsed())
     }
 
+    /// Queues an Event invocation of `name` (asserting 202) and polls its
+    /// record until it is `Succeeded` or `Failed`; returns the record.
+    fn event(&self, key: Key, name: &str, payload: &Value) -> Value {
+        let id = self.queue_event(key, name, payload);
+        self.event_outcome(key, name, &id)
+    }
+
+    /// Queues an Event invocation of `name`, asserts 202, returns its
+    /// request id.
+    fn queue_event(&self, key: Key, name: &str, payload: &Value) -> String {
+        let queued = self.raw(
+            key,
+            "POST",
+            &format!("/2015-03-31/functions/{name}/invocations"),
+            payload.to_string().as_bytes(),
+            &[("x-amz-invocation-type", "Event")],
+        );
+        assert_eq!(queued.status, 202, "{queued}");
+        queued
+            .header("x-amzn-requestid")
+            .expect("request id")
+            .to_string()
+    }
+
+    /// Polls the record of Event `id` until it is `Succeeded` or `Failed`.
+    fn event_outcome(&self, key: Key, name: &str, id: &str) -> Value {
+        let logs = format!("/2015-03-31/functions/{name}/invocations/{id}/logs");
+        let start = Instant::now();
+        loop {
+            let r = self.call(key, "GET", &logs, &Value::Null);
+            assert_eq!(r.status, 200, "{r}");
+            let doc = r.json();
+            if doc["Status"] == "Succeeded" || doc["Status"] == "Failed" {
+                return doc;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "the event is stuck: {doc}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Asks the soft host's script to restart the router, then waits for it.
     fn restart(&mut self) {
         let reply = exchange_until(self.ctrl, b"restart\n", Duration::from_secs(60));
@@ -346,6 +389,21 @@ fn warm_reuse_isolation_and_concurrency_limits() {
         "{again}"
     );
 
+    // A new configuration is a new revision: its invocations never reach
+    // the VMs of the old one.
+    let update = router.call(
+        ALPHA,
+        "PUT",
+        "/2015-03-31/functions/echo/configuration",
+        &json!({ "Handler": "printf 'alpha2:'; cat" }),
+    );
+    assert_eq!(update.status, 200, "{update}");
+    let (updated, _) = router.invoke(ALPHA, "echo", &json!("four"));
+    assert_eq!(updated.status, 200, "{updated}");
+    assert_eq!(updated.text(), "alpha2:\"four\"", "{updated}");
+    assert!(cold(&updated), "{updated}");
+    assert!(!slots.contains(&slot(&updated)), "{updated}");
+
     // Reserved concurrency 1 and two concurrent slow invocations: one runs,
     // the other is refused at once.
     router.create(ALPHA, exec_function("slow", "sleep 4; echo done", 128, 20));
@@ -410,8 +468,10 @@ fn warm_reuse_isolation_and_concurrency_limits() {
 
 /// A handler that overruns its timeout gets `Sandbox.Timedout` and its VM
 /// is replaced (the next invocation cold starts elsewhere); an Event
-/// invocation is accepted with 202 and its record reaches `Succeeded`; a
-/// `provided.al2023` function built with the `lambda_runtime` crate runs.
+/// invocation is accepted with 202 and its record reaches `Succeeded`
+/// (on a warm VM, and on a cold start whose VM then serves synchronous
+/// invocations); a `provided.al2023` function built with the
+/// `lambda_runtime` crate runs.
 #[test]
 fn timeouts_replace_the_vm_events_run_and_lambda_runtime_works() {
     let Some(a) = artifacts_unless_skipped("router_timeouts_events") else {
@@ -446,33 +506,7 @@ fn timeouts_replace_the_vm_events_run_and_lambda_runtime_works() {
     assert_ne!(slot(&after), slot(&first), "{after}");
 
     // Event: 202 now, Succeeded later.
-    let queued = router.raw(
-        ALPHA,
-        "POST",
-        "/2015-03-31/functions/sleepy/invocations",
-        b"\"event\"",
-        &[("x-amz-invocation-type", "Event")],
-    );
-    assert_eq!(queued.status, 202, "{queued}");
-    let id = queued
-        .header("x-amzn-requestid")
-        .expect("request id")
-        .to_string();
-    let logs = format!("/2015-03-31/functions/sleepy/invocations/{id}/logs");
-    let start = Instant::now();
-    let record = loop {
-        let r = router.call(ALPHA, "GET", &logs, &Value::Null);
-        assert_eq!(r.status, 200, "{r}");
-        let doc = r.json();
-        if doc["Status"] == "Succeeded" || doc["Status"] == "Failed" {
-            break doc;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "the event is stuck: {doc}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let record = router.event(ALPHA, "sleepy", &json!("event"));
     assert_eq!(record["Status"], "Succeeded", "{record}");
     assert_eq!(record["Outcome"], "Success", "{record}");
     assert_eq!(
@@ -495,7 +529,14 @@ fn timeouts_replace_the_vm_events_run_and_lambda_runtime_works() {
             "Timeout": 10,
         }),
     );
-    for expect_cold in [true, false] {
+    // An Event cold starts the function's first VM; synchronous
+    // invocations then find it warm.
+    let record = router.event(BETA, "echo-rs", &json!({ "queued": true }));
+    assert_eq!(record["Status"], "Succeeded", "{record}");
+    let payload: Value =
+        serde_json::from_str(record["Payload"].as_str().unwrap_or("")).unwrap_or_default();
+    assert_eq!(payload["echo"], json!({ "queued": true }), "{record}");
+    for _ in 0..2 {
         let (r, _) = router.invoke(BETA, "echo-rs", &json!({ "hello": "world" }));
         assert_eq!(r.status, 200, "{r}");
         assert_eq!(r.header("x-amz-function-error"), None, "{r}");
@@ -507,14 +548,16 @@ fn timeouts_replace_the_vm_events_run_and_lambda_runtime_works() {
             r.header("x-amzn-requestid"),
             "{r}"
         );
-        assert_eq!(cold(&r), expect_cold, "{r}");
+        assert!(!cold(&r), "{r}");
     }
     router.finish();
 }
 
-/// Functions, code and settings are on disk: after the router restarts,
-/// GetFunction returns the same function and an invocation runs (on a new
-/// VM: the old ones stopped with the router).
+/// Functions, code, settings, invocation logs and queued Events are on
+/// disk: after the router restarts, GetFunction returns the same function,
+/// an invocation runs (on a new VM: the old ones stopped with the router),
+/// an Event queued just before the restart succeeds, and the logs of an
+/// invocation from before the restart are still there.
 #[test]
 fn the_registry_survives_a_router_restart() {
     let Some(a) = artifacts_unless_skipped("router_restart") else {
@@ -533,6 +576,17 @@ fn the_registry_survives_a_router_restart() {
         (200, "kept:\"before\"".to_string()),
         "{r}"
     );
+    let first_id = r
+        .header("x-amzn-requestid")
+        .expect("request id")
+        .to_string();
+    // An Event still running or queued when the router stops runs to the
+    // end, before or after the restart (at least once).
+    router.create(
+        BETA,
+        exec_function("later", "sleep 2; printf 'late:'; cat", 128, 10),
+    );
+    let event = router.queue_event(BETA, "later", &json!("queued"));
 
     router.restart();
 
@@ -550,6 +604,17 @@ fn the_registry_survives_a_router_restart() {
         "{r}"
     );
     assert!(cold(&r), "{r}");
+    let record = router.event_outcome(BETA, "later", &event);
+    assert_eq!(record["Status"], "Succeeded", "{record}");
+    assert_eq!(record["Payload"], "late:\"queued\"", "{record}");
+    let logs = format!("/2015-03-31/functions/keeper/invocations/{first_id}/logs");
+    let log = router.call(BETA, "GET", &logs, &Value::Null);
+    assert_eq!(log.status, 200, "{log}");
+    assert_eq!(
+        (&log.json()["Outcome"], &log.json()["ColdStart"]),
+        (&json!("Success"), &json!(true)),
+        "{log}"
+    );
     // The other tenant still sees none of it.
     let theirs = router.call(ALPHA, "GET", "/2015-03-31/functions/keeper", &Value::Null);
     assert_eq!(theirs.status, 404, "{theirs}");
