@@ -9,6 +9,7 @@
 //! Exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad
 //! settings.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -180,8 +181,10 @@ fn init_logging(filter: Option<&str>) {
         .map(tracing_subscriber::EnvFilter::new)
         .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or a journal gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

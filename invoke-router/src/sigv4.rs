@@ -230,6 +230,56 @@ pub fn sign(
     ))
 }
 
+/// A client's signing identity: its key pair and the credential scope.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientKey<'a> {
+    /// The access key id.
+    pub access_key_id: &'a str,
+    /// Its secret.
+    pub secret: &'a str,
+    /// The region in the scope (the router accepts any).
+    pub region: &'a str,
+    /// The service in the scope (`lambda`).
+    pub service: &'a str,
+}
+
+/// Signs a client's request at time `at`: appends `x-amz-date` to `headers`
+/// (which must hold `host`), signs every header then present, and appends
+/// the `authorization` header. `uri` is the path with its query, if any.
+pub fn sign_headers(
+    method: &str,
+    uri: &str,
+    headers: &mut Vec<(String, String)>,
+    body: &[u8],
+    key: &ClientKey<'_>,
+    at: SystemTime,
+) -> Result<(), AuthError> {
+    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+    headers.push(("x-amz-date".into(), timefmt::amz_date(at)));
+    let names: Vec<String> = headers
+        .iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let req = RequestParts {
+        method,
+        path,
+        query,
+        headers,
+        body,
+    };
+    let auth = sign(
+        &req,
+        key.access_key_id,
+        key.secret,
+        key.region,
+        key.service,
+        &names,
+    )?;
+    headers.push(("authorization".into(), auth));
+    Ok(())
+}
+
 /// The hex signature of a request under `auth`'s scope and signed headers.
 fn signature(
     req: &RequestParts<'_>,

@@ -7,6 +7,8 @@
 //! environment; a test whose artifacts are missing fails and says so.
 //! `EMBER_E2E_SKIP=1` skips every E2E test, loudly, for quick local loops.
 
+pub mod lambda_api;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

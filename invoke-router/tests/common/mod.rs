@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use ember_invoke_router::config::{KeyPair, ServeConfig, TenantConfig};
 use ember_invoke_router::server::{self, RunningServer};
-use ember_invoke_router::sigv4::{self, RequestParts};
-use ember_invoke_router::timefmt;
+use ember_invoke_router::sigv4;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{json, Value};
@@ -102,7 +101,6 @@ pub async fn send(
     extra: &[(&str, &str)],
     signing: Signing<'_>,
 ) -> Reply {
-    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
     let host = addr.to_string();
     let mut headers: Vec<(String, String)> = vec![("host".into(), host)];
     headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -112,22 +110,20 @@ pub async fn send(
         Signing::None => (None, "", SystemTime::now()),
     };
     if let Some(key) = key {
-        headers.push(("x-amz-date".into(), timefmt::amz_date(at)));
-        let mut names: Vec<String> = headers
-            .iter()
-            .map(|(k, _)| k.to_ascii_lowercase())
-            .collect();
-        names.sort();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let req = RequestParts {
+        sigv4::sign_headers(
             method,
-            path,
-            query,
-            headers: &headers,
-            body: &body,
-        };
-        let auth = sigv4::sign(&req, key, secret, "us-east-1", "lambda", &names).unwrap();
-        headers.push(("authorization".into(), auth));
+            uri,
+            &mut headers,
+            &body,
+            &sigv4::ClientKey {
+                access_key_id: key,
+                secret,
+                region: "us-east-1",
+                service: "lambda",
+            },
+            at,
+        )
+        .unwrap();
     }
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let io = hyper_util::rt::TokioIo::new(stream);

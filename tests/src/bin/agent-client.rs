@@ -2,7 +2,7 @@
 //! tests of the agent in a real VM.
 //!
 //!   agent-client UDS [--runtime exec|provided] [--handler H] [--memory MIB]
-//!                [--timeout-ms N] [--env K=V]... [--shutdown] [STEP]...
+//!                [--timeout-ms N] [--env K=V]... [--shutdown] [--time] [STEP]...
 //!
 //! Connects through the VMM's vsock socket (`CONNECT 5000`, retried while
 //! the guest boots), reads Hello, sends Configure and waits for Ready, then
@@ -10,10 +10,12 @@
 //!   TEXT           invoke with TEXT as the payload
 //!   @bytes:N       invoke with N bytes of 'a'
 //!   @oversize      send a raw Invoke frame with a 7 MiB body
+//!   @repeat:N:TEXT invoke N times with TEXT as the payload
 //! and prints one line per outcome:
 //!   READY init_us=N | INIT-ERROR <type>: <message>
 //!   RESULT <id> <outcome> payload=<text, cut at 200 bytes> logs=<tail, one line>
 //!   REFUSED <message>     (the agent answered Error)
+//!   RTT_MS <ms>           (with --time, after each RESULT: Invoke sent to Result read)
 //! With --shutdown it finally sends Shutdown and waits for the agent to hang up.
 
 use std::io::{BufRead, BufReader, Write};
@@ -35,6 +37,7 @@ struct Args {
     uds: String,
     configure: Configure,
     shutdown: bool,
+    time: bool,
     steps: Vec<String>,
 }
 
@@ -55,6 +58,7 @@ fn parse() -> Result<Args, String> {
         init_timeout_ms: 10_000,
     };
     let mut shutdown = false;
+    let mut time = false;
     let mut steps = vec![];
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
@@ -77,13 +81,21 @@ fn parse() -> Result<Args, String> {
                 configure.env.push((k.into(), v.into()));
             }
             "--shutdown" => shutdown = true,
-            _ => steps.push(arg),
+            "--time" => time = true,
+            _ => match arg.strip_prefix("@repeat:").and_then(|r| r.split_once(':')) {
+                Some((n, text)) => {
+                    let n: usize = n.parse().map_err(|_| "bad @repeat:N:TEXT")?;
+                    steps.extend((0..n).map(|_| text.to_string()));
+                }
+                None => steps.push(arg),
+            },
         }
     }
     Ok(Args {
         uds,
         configure,
         shutdown,
+        time,
         steps,
     })
 }
@@ -152,6 +164,7 @@ fn run() -> Result<(), String> {
     }
     for (i, step) in args.steps.iter().enumerate() {
         let id = format!("req-{i}");
+        let sent = Instant::now();
         if step == "@oversize" {
             // A whole Invoke frame (type 5) whose body is over the limit;
             // the agent must refuse it and stay in step with the stream.
@@ -193,6 +206,9 @@ fn run() -> Result<(), String> {
                         one_line(&r.payload, 200),
                         one_line(&r.log_tail, 300)
                     );
+                    if args.time {
+                        println!("RTT_MS {:.3}", sent.elapsed().as_secs_f64() * 1000.0);
+                    }
                     break;
                 }
                 Message::Error(e) => {
