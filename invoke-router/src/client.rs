@@ -7,8 +7,7 @@ use std::time::SystemTime;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
-use crate::sigv4::{self, RequestParts};
-use crate::timefmt;
+use crate::sigv4::{self, ClientKey};
 
 /// Why a call did not get a response.
 #[derive(Debug, thiserror::Error)]
@@ -84,38 +83,27 @@ impl Client {
         body: Vec<u8>,
         extra: &[(&str, &str)],
     ) -> Result<Response, ClientError> {
-        let (path, query) = path_and_query
-            .split_once('?')
-            .unwrap_or((path_and_query, ""));
-        let mut headers: Vec<(String, String)> = vec![
-            ("host".into(), self.addr.to_string()),
-            ("x-amz-date".into(), timefmt::amz_date(SystemTime::now())),
-        ];
+        let mut headers: Vec<(String, String)> = vec![("host".into(), self.addr.to_string())];
         headers.extend(
             extra
                 .iter()
                 .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())),
         );
-        let mut names: Vec<String> = headers.iter().map(|(k, _)| k.clone()).collect();
-        names.sort();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let parts = RequestParts {
-            method,
-            path,
-            query,
-            headers: &headers,
-            body: &body,
+        let key = ClientKey {
+            access_key_id: &self.access_key_id,
+            secret: &self.secret,
+            region: &self.region,
+            service: "lambda",
         };
-        let auth = sigv4::sign(
-            &parts,
-            &self.access_key_id,
-            &self.secret,
-            &self.region,
-            "lambda",
-            &names,
+        sigv4::sign_headers(
+            method,
+            path_and_query,
+            &mut headers,
+            &body,
+            &key,
+            SystemTime::now(),
         )
         .map_err(|e| ClientError::Sign(e.to_string()))?;
-        headers.push(("authorization".into(), auth));
 
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await

@@ -8,7 +8,6 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use ember_invoke_router::sigv4::{self, ClientKey};
 
 /// A tenant's key pair.
@@ -200,17 +199,7 @@ pub fn request(
 /// A zip of `files` (name, contents, unix mode), base64-encoded as
 /// CreateFunction's `Code.ZipFile` wants it.
 pub fn zip_file(files: &[(&str, &[u8], u32)]) -> String {
-    let mut zip = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
-    for &(name, contents, mode) in files {
-        zip.start_file(
-            name,
-            zip::write::SimpleFileOptions::default().unix_permissions(mode),
-        )
-        .expect("zip entry");
-        zip.write_all(contents).expect("zip write");
-    }
-    let bytes = zip.finish().expect("zip finish").into_inner();
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+    ember_invoke_router::client::zip_base64(files).expect("zip in memory")
 }
 
 /// A CreateFunction body for an `exec` function: `handler` is a shell
