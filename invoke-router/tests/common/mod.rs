@@ -3,12 +3,10 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use ember_invoke_router::config::{KeyPair, ServeConfig, TenantConfig};
 use ember_invoke_router::server::{self, RunningServer};
 use ember_invoke_router::sigv4;
@@ -223,13 +221,7 @@ impl Api {
 }
 
 pub fn zip_of(files: &[(&str, &[u8], u32)]) -> String {
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (name, data, mode) in files {
-        let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
-        w.start_file(*name, opts).unwrap();
-        w.write_all(data).unwrap();
-    }
-    base64::engine::general_purpose::STANDARD.encode(w.finish().unwrap().into_inner())
+    ember_invoke_router::client::zip_base64(files).unwrap()
 }
 
 pub fn hello_zip() -> String {
