@@ -22,7 +22,13 @@ fn up_serves_hello_to_the_aws_cli() {
     let port = free_port();
     let dir = tempdir("up");
     let mut up = Command::new(&a.router)
-        .args(["up", "--port", &port.to_string(), "--softhost-mem-mib", "2048"])
+        .args([
+            "up",
+            "--port",
+            &port.to_string(),
+            "--softhost-mem-mib",
+            "2048",
+        ])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .stdout(Stdio::piped())
@@ -85,12 +91,24 @@ fn up_serves_hello_to_the_aws_cli() {
     let status = up.wait().expect("wait for up");
     let log = err_log.join().unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
-    let context = format!("--- up stdout ---\n{}\n--- up stderr ---\n{log}", printed.join("\n"));
+    let context = format!(
+        "--- up stdout ---\n{}\n--- up stderr ---\n{log}",
+        printed.join("\n")
+    );
     assert!(ready, "up never said it was ready:\n{context}");
-    assert_eq!(endpoint.as_deref(), Some(&*format!("http://127.0.0.1:{port}")), "{context}");
-    assert!(id.is_some() && secret.is_some(), "no credentials printed:\n{context}");
+    assert_eq!(
+        endpoint.as_deref(),
+        Some(&*format!("http://127.0.0.1:{port}")),
+        "{context}"
+    );
     assert!(
-        printed.iter().any(|l| l.contains("aws lambda invoke --endpoint-url")),
+        id.is_some() && secret.is_some(),
+        "no credentials printed:\n{context}"
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("aws lambda invoke --endpoint-url")),
         "no aws invoke line:\n{context}"
     );
     let (result, body) = invoke.unwrap();
@@ -100,8 +118,14 @@ fn up_serves_hello_to_the_aws_cli() {
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
-    assert!(body.contains("Hello from Ember"), "out.json: {body}\n{context}");
-    assert!(status.success(), "up must stop cleanly on SIGTERM ({status}):\n{context}");
+    assert!(
+        body.contains("Hello from Ember"),
+        "out.json: {body}\n{context}"
+    );
+    assert!(
+        status.success(),
+        "up must stop cleanly on SIGTERM ({status}):\n{context}"
+    );
 }
 
 fn which(name: &str) -> Option<std::path::PathBuf> {

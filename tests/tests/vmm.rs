@@ -18,9 +18,24 @@ fn guest_initrd(a: &Artifacts, dir: &Path, guest: &str) -> PathBuf {
     initramfs_with(&a.initramfs, dir, guest, &[&a.vsock_tool])
 }
 
+/// How a test hands the VM's settings to the VMM.
+#[derive(Clone, Copy)]
+enum Settings {
+    /// Command-line flags.
+    Flags,
+    /// A Firecracker-style JSON file (`--config`).
+    Json,
+}
+
 /// Boots `kernel` with `vcpus`, lets the guest report its CPUs, and expects
 /// the guest's `stop` command to end the VMM with status 0.
-fn boot_and_stop(test: &str, kernel_of: fn(&Artifacts) -> &Path, vcpus: u32, stop: &str) {
+fn boot_and_stop(
+    test: &str,
+    kernel_of: fn(&Artifacts) -> &Path,
+    vcpus: u32,
+    stop: &str,
+    settings: Settings,
+) {
     let Some(a) = artifacts_unless_skipped(test) else {
         return;
     };
@@ -30,17 +45,29 @@ fn boot_and_stop(test: &str, kernel_of: fn(&Artifacts) -> &Path, vcpus: u32, sto
         &dir,
         &format!("echo \"GUEST-INIT cpus=$(nproc)\"\n{stop}"),
     );
-    let script = format!(
-        "./ember-vmm --kernel kernel --initrd initrd --vcpus {vcpus} --mem-mib 128 --cmdline '{CMDLINE}'; \
-         echo VMM-EXIT $?"
-    );
+    let config = dir.join("vm.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "kernel", "initrd_path": "initrd", "boot_args": "{CMDLINE}"}},
+                "machine-config": {{"vcpu_count": {vcpus}, "mem_size_mib": 128}}}}"#
+        ),
+    )
+    .unwrap();
+    let vmm = match settings {
+        Settings::Flags => format!(
+            "./ember-vmm --kernel kernel --initrd initrd --vcpus {vcpus} --mem-mib 128 --cmdline '{CMDLINE}'"
+        ),
+        Settings::Json => "./ember-vmm --config vm.json".to_string(),
+    };
     let out = in_softhost(
         &[
             (&a.vmm, "ember-vmm"),
             (kernel_of(&a), "kernel"),
             (&initrd, "initrd"),
+            (&config, "vm.json"),
         ],
-        &script,
+        &format!("{vmm}; echo VMM-EXIT $?"),
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert_line(&out, &format!("GUEST-INIT cpus={vcpus}"));
@@ -54,12 +81,25 @@ fn boot_and_stop(test: &str, kernel_of: fn(&Artifacts) -> &Path, vcpus: u32, sto
 
 #[test]
 fn boots_vmlinux_on_one_vcpu_and_exits_on_guest_reboot() {
-    boot_and_stop("vmm_vmlinux_1", |a| &a.vmlinux, 1, "reboot -f");
+    boot_and_stop(
+        "vmm_vmlinux_1",
+        |a| &a.vmlinux,
+        1,
+        "reboot -f",
+        Settings::Flags,
+    );
 }
 
+/// Also: the settings come from a Firecracker-style JSON file.
 #[test]
 fn boots_bzimage_on_two_vcpus_and_exits_on_guest_reboot() {
-    boot_and_stop("vmm_bzimage_2", |a| &a.bzimage, 2, "reboot -f");
+    boot_and_stop(
+        "vmm_bzimage_2",
+        |a| &a.bzimage,
+        2,
+        "reboot -f",
+        Settings::Json,
+    );
 }
 
 /// `poweroff` in the guest (busybox signals PID 1, the agent) ends the VMM
