@@ -13,11 +13,11 @@ pub const MIN_MEM_MIB: u64 = 16;
 /// The largest guest memory accepted before looking at the host.
 pub const MAX_MEM_MIB: u64 = 1 << 20;
 /// The most vCPUs a guest can have (MP table APIC ids, IOAPIC id included).
-pub const MAX_VCPUS: u8 = 254;
+pub use crate::arch::layout::MAX_VCPUS;
 /// The most drives (virtio-mmio IRQs 5..=23 are shared with the vsock device).
 pub const MAX_DRIVES: usize = 16;
 /// Longest path a Unix socket address holds (sun_path minus its NUL).
-pub const MAX_UDS_PATH: usize = 107;
+use crate::devices::virtio::vsock::MAX_UDS_PATH_LEN as MAX_UDS_PATH;
 /// The default guest command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 

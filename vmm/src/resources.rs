@@ -4,10 +4,11 @@
 //! code executes, and a later jailed VMM needs no host paths after start.
 
 use std::fs::{File, OpenOptions};
-use std::io::{LineWriter, Read, Seek, SeekFrom};
+use std::io::LineWriter;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
+use crate::arch::loader::LoadError;
 use crate::config::{field, ConfigError, SerialOutput, VmmConfig};
 use crate::devices::serial::ConsoleSink;
 use crate::devices::virtio::vsock;
@@ -88,24 +89,6 @@ fn host_mem_mib() -> Option<u64> {
     Some((info.totalram as u64 * u64::from(info.mem_unit)) >> 20)
 }
 
-/// Looks at the first bytes of `kernel` for an ELF or bzImage signature.
-fn check_kernel_format(kernel: &mut File, path: &Path) -> Result<(), ConfigError> {
-    let mut head = [0u8; 0x206];
-    let n = kernel
-        .read(&mut head)
-        .and_then(|n| kernel.seek(SeekFrom::Start(0)).map(|_| n))
-        .map_err(|e| ConfigError::new(field::KERNEL, format!("{}: {e}", path.display())))?;
-    let elf = n >= 4 && head[..4] == *b"\x7fELF";
-    let bzimage = n >= 0x206 && head[0x202..0x206] == *b"HdrS";
-    if !elf && !bzimage {
-        return Err(ConfigError::new(
-            field::KERNEL,
-            format!("{}: neither an ELF vmlinux nor a bzImage", path.display()),
-        ));
-    }
-    Ok(())
-}
-
 impl Resources {
     /// Opens what `config` names; the config must have passed `validate`.
     pub fn open(config: &VmmConfig) -> Result<Self, ConfigError> {
@@ -118,7 +101,20 @@ impl Resources {
             }
         }
         let mut kernel = open_read(&config.kernel, field::KERNEL)?;
-        check_kernel_format(&mut kernel, &config.kernel)?;
+        // Known before KVM is touched; the loader sees the same answer later.
+        crate::arch::loader::detect(&mut kernel).map_err(|e| match e {
+            LoadError::NotAKernel { .. } => ConfigError::new(
+                field::KERNEL,
+                format!(
+                    "{}: neither an ELF vmlinux nor a bzImage",
+                    config.kernel.display()
+                ),
+            ),
+            other => ConfigError::new(
+                field::KERNEL,
+                format!("{}: {other}", config.kernel.display()),
+            ),
+        })?;
         let initrd = match &config.initrd {
             Some(path) => {
                 let file = open_read(path, field::INITRD)?;

@@ -30,13 +30,19 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     // Interrupting the ioctl is the whole point.
 }
 
-/// Routes SIGTERM and SIGINT to `stop_evt` and installs the vCPU kick handler.
-pub fn install(stop_evt: &impl AsRawFd) -> std::io::Result<()> {
-    STOP_FD.store(stop_evt.as_raw_fd(), Ordering::SeqCst);
+/// Installs the SIGTERM/SIGINT handlers (which record the signal) and the
+/// vCPU kick handler. Call it before any host resource exists, so that a
+/// signal during start-up still ends in a clean stop.
+pub fn install() -> std::io::Result<()> {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         register_signal_handler(sig, on_terminate).map_err(std::io::Error::from)?;
     }
     register_signal_handler(vcpu_kick_signal(), on_kick).map_err(std::io::Error::from)
+}
+
+/// From now on a termination signal also writes to `stop_evt`.
+pub fn wake_on_stop(stop_evt: &impl AsRawFd) {
+    STOP_FD.store(stop_evt.as_raw_fd(), Ordering::SeqCst);
 }
 
 /// The termination signal received, if any.

@@ -189,6 +189,7 @@ impl Vmm {
     /// devices, virtio devices, kernel, MP table, vCPUs.
     pub fn build(config: &VmmConfig) -> Result<Self, VmmError> {
         config.validate()?;
+        signals::install().map_err(io_err("installing signal handlers"))?;
         let mut res = Resources::open(config)?;
 
         let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
@@ -320,7 +321,11 @@ impl Vmm {
 
     /// Runs the VM until it stops and says why.
     pub fn run(mut self) -> Result<ExitReason, VmmError> {
-        signals::install(self.exit.event()).map_err(io_err("installing signal handlers"))?;
+        signals::wake_on_stop(self.exit.event());
+        if let Some(sig) = signals::received() {
+            // Asked to stop while the VM was being built.
+            self.exit.stop(ExitReason::Signal(sig));
+        }
         let started = Instant::now();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for vcpu in std::mem::take(&mut self.vcpus) {

@@ -226,7 +226,7 @@ pub fn load(
 }
 
 /// Tells an ELF vmlinux from a bzImage by their magic numbers.
-fn detect(kernel: &mut File) -> Result<KernelKind, LoadError> {
+pub fn detect(kernel: &mut File) -> Result<KernelKind, LoadError> {
     kernel
         .seek(SeekFrom::Start(0))
         .map_err(LoadError::ReadKernel)?;
