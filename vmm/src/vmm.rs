@@ -274,8 +274,11 @@ impl Vmm {
         if let Some((socket, cid)) = res.vsock.take() {
             let (interrupt, slot) = wiring.next_virtio_slot()?;
             let (listener, path) = socket.into_parts();
-            let vsock = Vsock::new(cid, path, listener, interrupt)
-                .map_err(|e| ConfigError::new(field::UDS, e.to_string()))?;
+            let vsock = Vsock::new(cid, path.clone(), listener, interrupt).map_err(|e| {
+                // The device would have removed it; without one, we do.
+                let _ = std::fs::remove_file(&path);
+                ConfigError::new(field::UDS, e.to_string())
+            })?;
             wiring.attach_virtio(Arc::new(Mutex::new(vsock)), slot)?;
         }
 
