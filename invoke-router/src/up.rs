@@ -7,7 +7,8 @@
 //! Where `/dev/kvm` is hardware KVM the router runs here, as a child
 //! `serve`. Elsewhere the router and its VMs run inside the soft KVM host
 //! (`images/softhost`) with the API port forwarded to 127.0.0.1 here; the
-//! router's data then lives in the soft host's memory and goes with it.
+//! router's data then lives on an ext4 image in the data directory
+//! (`softhost-state.ext4`), attached to the soft host, so it survives too.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -129,6 +130,33 @@ fn static_binary(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, Strin
     Ok(PathBuf::from(path.trim()))
 }
 
+/// The soft host's persistent disk: a sparse ext4 image, made once.
+fn state_image(data_dir: &Path, mkfs: &Path) -> Result<PathBuf, String> {
+    let image = data_dir.join("softhost-state.ext4");
+    if image.is_file() {
+        return Ok(image);
+    }
+    let partial = data_dir.join("softhost-state.ext4.partial");
+    std::fs::File::create(&partial)
+        .and_then(|f| f.set_len(16 << 30))
+        .map_err(|e| format!("creating {}: {e}", partial.display()))?;
+    output(
+        Command::new(mkfs)
+            .args([
+                "-q",
+                "-F",
+                "-L",
+                "ember-state",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ])
+            .arg(&partial),
+        "mkfs.ext4 of the soft host's state image",
+    )?;
+    std::fs::rename(&partial, &image).map_err(|e| format!("{}: {e}", image.display()))?;
+    Ok(image)
+}
+
 /// Whether `/dev/kvm` is hardware KVM (else the soft host is needed).
 fn hardware_kvm() -> bool {
     Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
@@ -168,6 +196,7 @@ fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, St
         let router = static_binary(repo, "ember-invoke-router", "ember-invoke-router")?;
         let mkfs =
             find_in_path("mkfs.ext4").ok_or("mkfs.ext4 not found: apt-get install e2fsprogs")?;
+        let state = state_image(data_dir, &mkfs)?;
         let put = |src: &Path, dst: &str| format!("{}:{dst}", src.display());
         let mut cmd = Command::new(repo.join("images/softhost"));
         cmd.args(["--timeout", "0", "--cpus", "2"])
@@ -175,6 +204,8 @@ fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, St
             .arg(args.softhost_mem_mib.to_string())
             .arg("--forward")
             .arg(args.port.to_string())
+            .arg("--disk")
+            .arg(&state)
             .args(["--put", &put(&router, "ember-invoke-router")])
             .args(["--put", &put(&vmm, "ember-vmm")])
             .args(["--put", &put(&kernel, "vmlinux")])
@@ -185,7 +216,12 @@ fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, St
             .arg("--")
             .args(["./ember-invoke-router", "serve", "--listen"])
             .arg(format!("0.0.0.0:{}", args.port))
-            .args(["--data-dir", "/work/data", "--config", "tenants.toml"])
+            .args([
+                "--data-dir",
+                "/work/disk/router",
+                "--config",
+                "tenants.toml",
+            ])
             .args([
                 "--kernel",
                 "vmlinux",

@@ -75,6 +75,34 @@ fn timeout_kills_the_command_and_says_so() {
     );
 }
 
+/// A `--disk` image is mounted at /work/disk and what one soft host writes
+/// there, the next one reads.
+#[test]
+fn disk_state_outlives_the_soft_host() {
+    if skipped("disk_state_outlives_the_soft_host") {
+        return;
+    }
+    let dir = tempdir("softhost-disk");
+    let image = dir.join("state.ext4");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(64 << 20))
+        .unwrap();
+    let mkfs = run(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&image));
+    assert_eq!(mkfs.code, Some(0), "{mkfs}");
+    let disk = image.to_str().unwrap();
+    let first = run(softhost(&["--disk", disk]).args(["sh", "-c", "echo kept > disk/note"]));
+    assert_eq!(first.code, Some(0), "{first}");
+    let second = run(softhost(&["--disk", disk]).args(["cat", "disk/note"]));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (second.code, second.stdout.as_str()),
+        (Some(0), "kept\n"),
+        "{second}"
+    );
+}
+
 #[test]
 fn forwarded_port_reaches_a_server_inside() {
     if skipped("forwarded_port_reaches_a_server_inside") {
@@ -121,6 +149,10 @@ fn bad_arguments_are_refused_with_the_reason() {
         (
             &["--put", "/nonexistent/file", "--", "true"],
             "'/nonexistent/file' does not exist",
+        ),
+        (
+            &["--disk", "/nonexistent.ext4", "--", "true"],
+            "--disk '/nonexistent.ext4' is not a file",
         ),
         (
             &["--put", "/etc/hostname:../escape", "--", "true"],
