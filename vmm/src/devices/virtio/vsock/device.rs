@@ -336,6 +336,21 @@ impl VirtioDevice for Vsock {
     fn is_activated(&self) -> bool {
         self.active.is_some()
     }
+
+    /// A driver reset (also on the guest's way to a reboot): every
+    /// connection is dropped and the device waits for a new activation.
+    fn reset(&mut self) -> bool {
+        self.muxer.reset_all();
+        self.active = None;
+        self.broken = false;
+        self.rx_ready = false;
+        self.reset_event_pending = false;
+        // Wake the event loop: the dropped connections' sockets leave epoll and close.
+        if let Err(e) = self.queue_events[EVQ].write(1) {
+            log::error!("vsock: cannot wake the event loop: {e}");
+        }
+        true
+    }
 }
 
 impl MutEventSubscriber for Vsock {

@@ -401,3 +401,23 @@ fn transport_reset_event_reaches_the_guest() {
     assert_eq!(id, 0);
     assert_eq!(lock(&g.dev).connection_count(), 0);
 }
+
+#[test]
+fn a_driver_reset_closes_every_connection_and_stops_the_device() {
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let (mut client, _) = g.host_connect(53);
+    assert!(lock(&g.dev).reset());
+    g.run();
+    assert!(!lock(&g.dev).is_activated());
+    assert_eq!(lock(&g.dev).connection_count(), 0);
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut byte = [0u8];
+    assert_eq!(
+        std::io::Read::read(&mut client, &mut byte).unwrap(),
+        0,
+        "the host side must see the connection end"
+    );
+}
