@@ -170,36 +170,21 @@ impl Api {
         }
     }
     pub async fn call(&self, method: &str, uri: &str, body: Value) -> Reply {
-        let bytes = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        send(
-            self.addr,
-            method,
-            uri,
-            bytes,
-            &[],
-            Signing::Key(KEY_A, SECRET_A),
-        )
-        .await
+        self.call_with(method, uri, body, Signing::Key(KEY_A, SECRET_A))
+            .await
     }
     pub async fn call_as_b(&self, method: &str, uri: &str, body: Value) -> Reply {
+        self.call_with(method, uri, body, Signing::Key(KEY_B, SECRET_B))
+            .await
+    }
+    /// A JSON call (no body when `body` is null) signed as `signing` says.
+    async fn call_with(&self, method: &str, uri: &str, body: Value, signing: Signing<'_>) -> Reply {
         let bytes = if body.is_null() {
             Vec::new()
         } else {
             body.to_string().into_bytes()
         };
-        send(
-            self.addr,
-            method,
-            uri,
-            bytes,
-            &[],
-            Signing::Key(KEY_B, SECRET_B),
-        )
-        .await
+        send(self.addr, method, uri, bytes, &[], signing).await
     }
     pub async fn raw(
         &self,
