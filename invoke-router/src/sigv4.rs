@@ -3,8 +3,14 @@
 //!
 //! Only header-based signing is supported (no presigned query strings). The
 //! payload hash is the body's SHA-256; an `x-amz-content-sha256` header, when
-//! present, must equal it (`UNSIGNED-PAYLOAD` is refused: every byte of a
-//! request is authenticated).
+//! present, must be that hash in hex (`UNSIGNED-PAYLOAD` and streaming
+//! payloads are refused: every byte of a request is authenticated).
+//!
+//! A server verifies in two steps so that no body byte is buffered for a
+//! caller it does not know: [`verify_head`] checks everything the headers
+//! hold (key, date window, signed header set, and the whole signature when
+//! the client declared its payload hash), then [`PendingSignature::finish`]
+//! takes the SHA-256 of the body, hashed as it streams in.
 
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +43,10 @@ pub enum AuthError {
     /// The signature does not match (AWS: `InvalidSignatureException`).
     #[error("The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.")]
     Mismatch,
+    /// A header that changes what the request does is present but not
+    /// signed, or repeated.
+    #[error("The header '{0}' changes what the request does: it must be sent once and be listed in SignedHeaders")]
+    Unsigned(String),
 }
 
 impl AuthError {
@@ -45,11 +55,25 @@ impl AuthError {
         match self {
             AuthError::Missing => "MissingAuthenticationTokenException",
             AuthError::UnknownKey => "UnrecognizedClientException",
-            AuthError::Malformed(_) | AuthError::Expired(_) | AuthError::Mismatch => {
-                "InvalidSignatureException"
-            }
+            AuthError::Malformed(_)
+            | AuthError::Expired(_)
+            | AuthError::Mismatch
+            | AuthError::Unsigned(_) => "InvalidSignatureException",
         }
     }
+}
+
+/// The parts of a request's head the signature covers.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// HTTP method, upper case.
+    pub method: &'a str,
+    /// The path as sent on the wire (still percent-encoded).
+    pub path: &'a str,
+    /// The raw query string without `?` (empty if none).
+    pub query: &'a str,
+    /// Every header, name and value; names in any case, repeated names allowed.
+    pub headers: &'a [(String, String)],
 }
 
 /// The parts of a request the signature covers.
@@ -136,15 +160,99 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
     })
 }
 
-/// Verifies a request's signature. `secret_for` maps an access key id to its
-/// secret (None: unknown key). Returns the verified authorization.
+impl<'a> RequestParts<'a> {
+    /// The head of this request.
+    pub fn head(&self) -> RequestHead<'a> {
+        RequestHead {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            headers: self.headers,
+        }
+    }
+}
+
+/// Verifies a whole (buffered) request's signature. `secret_for` maps an
+/// access key id to its secret (None: unknown key). Returns the verified
+/// authorization.
 pub fn verify(
     req: &RequestParts<'_>,
     service: &str,
     now: SystemTime,
     secret_for: impl Fn(&str) -> Option<String>,
 ) -> Result<Authorization, AuthError> {
-    let auth_value = header(req.headers, "authorization").ok_or(AuthError::Missing)?;
+    let pending = verify_head(&req.head(), service, now, secret_for, &[])?;
+    pending.finish(&Sha256::digest(req.body).into())
+}
+
+/// A signature whose header checks passed. Its payload is checked by
+/// [`PendingSignature::finish`] once the body's SHA-256 is known.
+#[derive(Debug, Clone)]
+pub struct PendingSignature {
+    auth: Authorization,
+    /// The scope's signing key.
+    signing_key: Vec<u8>,
+    /// `AWS4-HMAC-SHA256\n<date>\n<scope>\n`.
+    string_to_sign_prefix: String,
+    /// The canonical request up to (without) the payload hash.
+    canonical_prefix: String,
+    /// The payload hash the client declared in `x-amz-content-sha256`; the
+    /// signature over it was verified already.
+    declared: Option<[u8; 32]>,
+}
+
+impl PendingSignature {
+    /// The authorization (its signature is fully verified only once
+    /// [`finish`](Self::finish) succeeds, unless [`declared`](Self::declared)).
+    pub fn authorization(&self) -> &Authorization {
+        &self.auth
+    }
+
+    /// Whether the client declared its payload hash, so the signature is
+    /// verified already and only the body's hash is left to compare.
+    pub fn declared(&self) -> bool {
+        self.declared.is_some()
+    }
+
+    /// Completes the check with the SHA-256 of the body as received.
+    pub fn finish(self, body_sha256: &[u8; 32]) -> Result<Authorization, AuthError> {
+        let ok = match &self.declared {
+            Some(declared) => constant_time_eq(declared, body_sha256),
+            None => {
+                let expected = self.signature_over(&hex::encode(body_sha256));
+                constant_time_eq(expected.as_bytes(), self.auth.signature.as_bytes())
+            }
+        };
+        if ok {
+            Ok(self.auth)
+        } else {
+            Err(AuthError::Mismatch)
+        }
+    }
+
+    fn signature_over(&self, payload_hash_hex: &str) -> String {
+        let mut canonical = String::with_capacity(self.canonical_prefix.len() + 64);
+        canonical.push_str(&self.canonical_prefix);
+        canonical.push_str(payload_hash_hex);
+        let mut string_to_sign = self.string_to_sign_prefix.clone();
+        string_to_sign.push_str(&hex::encode(Sha256::digest(canonical.as_bytes())));
+        hex::encode(hmac(&self.signing_key, string_to_sign.as_bytes()))
+    }
+}
+
+/// Verifies what a request's head can show: a known key, the date window,
+/// the signed header set (`host`, and each of `must_sign` that is present,
+/// which must then appear once), and, when the client declared its payload
+/// hash in `x-amz-content-sha256`, the signature itself. No body byte is
+/// needed.
+pub fn verify_head(
+    head: &RequestHead<'_>,
+    service: &str,
+    now: SystemTime,
+    secret_for: impl Fn(&str) -> Option<String>,
+    must_sign: &[&str],
+) -> Result<PendingSignature, AuthError> {
+    let auth_value = header(head.headers, "authorization").ok_or(AuthError::Missing)?;
     let auth = parse_authorization(auth_value)?;
     if auth.service != service {
         return Err(AuthError::Malformed(format!(
@@ -158,7 +266,17 @@ pub fn verify(
             "'host' must be a signed header".into(),
         ));
     }
-    let amz_date = header(req.headers, "x-amz-date")
+    for name in must_sign {
+        let count = head
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .count();
+        if count > 1 || (count == 1 && !auth.signed_headers.iter().any(|h| h == name)) {
+            return Err(AuthError::Unsigned((*name).to_string()));
+        }
+    }
+    let amz_date = header(head.headers, "x-amz-date")
         .ok_or_else(|| AuthError::Malformed("X-Amz-Date header is missing".into()))?;
     let signed_at = timefmt::parse_amz_date(amz_date).ok_or_else(|| {
         AuthError::Malformed(format!("X-Amz-Date '{amz_date}' is not YYYYMMDDTHHMMSSZ"))
@@ -178,18 +296,47 @@ pub fn verify(
             timefmt::amz_date(now)
         )));
     }
-    let body_hash = hex::encode(Sha256::digest(req.body));
-    if let Some(claimed) = header(req.headers, "x-amz-content-sha256") {
-        if !claimed.eq_ignore_ascii_case(&body_hash) {
+    let declared = match header(head.headers, "x-amz-content-sha256") {
+        None => None,
+        Some(v) => Some(declared_hash(v)?),
+    };
+    let pending = PendingSignature {
+        canonical_prefix: canonical_head(head, &auth.signed_headers)?,
+        string_to_sign_prefix: format!(
+            "{ALGORITHM}\n{amz_date}\n{}/{}/{}/aws4_request\n",
+            auth.date, auth.region, auth.service
+        ),
+        signing_key: signing_key(&secret, &auth),
+        declared,
+        auth,
+    };
+    if let Some(d) = &pending.declared {
+        let expected = pending.signature_over(&hex::encode(d));
+        if !constant_time_eq(expected.as_bytes(), pending.auth.signature.as_bytes()) {
             return Err(AuthError::Mismatch);
         }
     }
-    let expected = signature(req, &auth, &secret, amz_date, &body_hash)?;
-    if constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
-        Ok(auth)
-    } else {
-        Err(AuthError::Mismatch)
+    Ok(pending)
+}
+
+/// An `x-amz-content-sha256` value: 64 hex digits, nothing else.
+fn declared_hash(v: &str) -> Result<[u8; 32], AuthError> {
+    let mut out = [0u8; 32];
+    match hex::decode_to_slice(v.trim(), &mut out) {
+        Ok(()) => Ok(out),
+        Err(_) => Err(AuthError::Malformed(format!(
+            "X-Amz-Content-Sha256 must be the payload's SHA-256 in hex, not '{}'",
+            v.chars().take(64).collect::<String>()
+        ))),
     }
+}
+
+fn signing_key(secret: &str, auth: &Authorization) -> Vec<u8> {
+    let mut key = hmac(format!("AWS4{secret}").as_bytes(), auth.date.as_bytes());
+    for part in [&auth.region, &auth.service, "aws4_request"] {
+        key = hmac(&key, part.as_bytes());
+    }
+    key
 }
 
 /// Signs a request: returns the `Authorization` header value. The request's
@@ -297,11 +444,10 @@ fn signature(
         "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let mut key = hmac(format!("AWS4{secret}").as_bytes(), auth.date.as_bytes());
-    for part in [&auth.region, &auth.service, "aws4_request"] {
-        key = hmac(&key, part.as_bytes());
-    }
-    Ok(hex::encode(hmac(&key, string_to_sign.as_bytes())))
+    Ok(hex::encode(hmac(
+        &signing_key(secret, auth),
+        string_to_sign.as_bytes(),
+    )))
 }
 
 /// The canonical request (SigV4 step 1) for non-S3 services.
@@ -310,17 +456,24 @@ pub fn canonical_request(
     signed_headers: &[String],
     body_hash: &str,
 ) -> Result<String, AuthError> {
+    let mut out = canonical_head(&req.head(), signed_headers)?;
+    out.push_str(body_hash);
+    Ok(out)
+}
+
+/// The canonical request up to the payload hash, which follows it.
+fn canonical_head(head: &RequestHead<'_>, signed_headers: &[String]) -> Result<String, AuthError> {
     let mut out = String::new();
-    out.push_str(req.method);
+    out.push_str(head.method);
     out.push('\n');
     // Non-S3 services encode the (already encoded) path once more.
-    let path = if req.path.is_empty() { "/" } else { req.path };
+    let path = if head.path.is_empty() { "/" } else { head.path };
     out.push_str(&uri_encode(path.as_bytes(), false));
     out.push('\n');
-    out.push_str(&canonical_query(req.query));
+    out.push_str(&canonical_query(head.query));
     out.push('\n');
     for name in signed_headers {
-        let values: Vec<String> = req
+        let values: Vec<String> = head
             .headers
             .iter()
             .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -339,7 +492,6 @@ pub fn canonical_request(
     out.push('\n');
     out.push_str(&signed_headers.join(";"));
     out.push('\n');
-    out.push_str(body_hash);
     Ok(out)
 }
 

@@ -146,14 +146,111 @@ fn content_sha256_header_must_match_the_body() {
     let signed = ["host", "x-amz-content-sha256", "x-amz-date"];
     let h = signed_post(body, &[("X-Amz-Content-Sha256", &good)], &signed);
     assert!(verify_at(&h, "POST", "/a%3Ab/c", body, DATE).is_ok());
-    let h = signed_post(
-        body,
-        &[("X-Amz-Content-Sha256", "UNSIGNED-PAYLOAD")],
-        &signed,
-    );
+    // A declared hash that is not the body's: the signature matches the
+    // declaration, the body does not.
+    let other = hex::encode(Sha256::digest(b"other"));
+    let h = signed_post(b"other", &[("X-Amz-Content-Sha256", &other)], &signed);
     assert_eq!(
         verify_at(&h, "POST", "/a%3Ab/c", body, DATE),
         Err(AuthError::Mismatch)
+    );
+    for refused in [
+        "UNSIGNED-PAYLOAD",
+        "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "abc",
+    ] {
+        let h = signed_post(body, &[("X-Amz-Content-Sha256", refused)], &signed);
+        assert!(
+            matches!(
+                verify_at(&h, "POST", "/a%3Ab/c", body, DATE),
+                Err(AuthError::Malformed(_))
+            ),
+            "{refused}"
+        );
+    }
+}
+
+fn head_at(h: &[(String, String)], must_sign: &[&str]) -> Result<PendingSignature, AuthError> {
+    let head = RequestHead {
+        method: "POST",
+        path: "/a%3Ab/c",
+        query: "",
+        headers: h,
+    };
+    let secrets = |key: &str| (key == "AKIDEXAMPLE").then(|| SECRET.to_string());
+    verify_head(
+        &head,
+        "service",
+        parse_amz_date(DATE).unwrap(),
+        secrets,
+        must_sign,
+    )
+}
+
+#[test]
+fn the_head_is_checked_before_the_body_and_the_body_after() {
+    let body = b"{\"a\":1}";
+    let digest: [u8; 32] = Sha256::digest(body).into();
+    // Without a declared hash (boto3): the head passes, the body decides.
+    let h = signed_post(body, &[], &["host", "x-amz-date"]);
+    let pending = head_at(&h, &[]).unwrap();
+    assert!(!pending.declared());
+    assert_eq!(pending.authorization().access_key_id, "AKIDEXAMPLE");
+    assert!(pending.clone().finish(&digest).is_ok());
+    let tampered: [u8; 32] = Sha256::digest(b"{\"a\":2}").into();
+    assert_eq!(pending.finish(&tampered), Err(AuthError::Mismatch));
+    // With one: a wrong signature is refused before any body byte.
+    let declared = hex::encode(digest);
+    let signed = ["host", "x-amz-content-sha256", "x-amz-date"];
+    let mut h = signed_post(body, &[("X-Amz-Content-Sha256", &declared)], &signed);
+    let pending = head_at(&h, &[]).unwrap();
+    assert!(pending.declared());
+    assert!(pending.clone().finish(&digest).is_ok());
+    assert_eq!(pending.finish(&tampered), Err(AuthError::Mismatch));
+    let auth = h.iter_mut().find(|(n, _)| n == "Authorization").unwrap();
+    auth.1 = format!("{}0", &auth.1[..auth.1.len() - 1]);
+    assert_eq!(head_at(&h, &[]).unwrap_err(), AuthError::Mismatch);
+    // Unknown keys and stale dates never get as far as the body.
+    let h = signed_post(body, &[], &["host", "x-amz-date"]);
+    let other = h
+        .iter()
+        .map(|(n, v)| (n.clone(), v.replace("AKIDEXAMPLE", "AKIDOTHER")))
+        .collect::<Vec<_>>();
+    assert_eq!(head_at(&other, &[]).unwrap_err(), AuthError::UnknownKey);
+}
+
+#[test]
+fn headers_that_change_the_request_must_be_signed_once() {
+    let must = ["x-amz-invocation-type", "x-amz-log-type"];
+    let extra = [("X-Amz-Invocation-Type", "Event")];
+    let signed = signed_post(
+        b"",
+        &extra,
+        &["host", "x-amz-date", "x-amz-invocation-type"],
+    );
+    assert!(head_at(&signed, &must).is_ok());
+    let unsigned = signed_post(b"", &extra, &["host", "x-amz-date"]);
+    assert_eq!(
+        head_at(&unsigned, &must).unwrap_err(),
+        AuthError::Unsigned("x-amz-invocation-type".into())
+    );
+    // Absent is fine; present twice is not.
+    assert!(head_at(&signed_post(b"", &[], &["host", "x-amz-date"]), &must).is_ok());
+    let twice = signed_post(
+        b"",
+        &[
+            ("X-Amz-Invocation-Type", "Event"),
+            ("X-Amz-Invocation-Type", "RequestResponse"),
+        ],
+        &["host", "x-amz-date", "x-amz-invocation-type"],
+    );
+    assert!(matches!(
+        head_at(&twice, &must),
+        Err(AuthError::Unsigned(_))
+    ));
+    assert_eq!(
+        AuthError::Unsigned("x".into()).code(),
+        "InvalidSignatureException"
     );
 }
 
