@@ -17,6 +17,8 @@
 //! queue_wait_ms = 1000
 //! health_interval_secs = 30
 //! shutdown_grace_secs = 30
+//! [edge]                          # see `edge::settings`
+//! max_connections = 4096
 //! [[tenants]]
 //! id = "acme"
 //! account_id = "123456789012"     # optional: derived from the id
@@ -163,6 +165,9 @@ pub struct ConfigFile {
     /// Tenants.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// The edge: connection cap, timeouts, TLS.
+    #[serde(default)]
+    pub edge: crate::edge::EdgeConfig,
 }
 
 impl ConfigFile {
@@ -213,6 +218,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Tenants and their keys.
     pub tenants: Vec<TenantConfig>,
+    /// The edge: connection cap, timeouts, TLS.
+    pub edge: crate::edge::EdgeConfig,
 }
 
 /// Defaults for what neither file nor flags set.
@@ -248,6 +255,7 @@ impl ServeConfig {
         if self.capacity_vcpus == 0 {
             return bad("capacity vCPUs must be at least 1".into());
         }
+        self.edge.validate().map_err(ConfigError::Invalid)?;
         if self.tenants.is_empty() {
             return bad(
                 "no tenants: give [[tenants]] in the config file or --tenant ID:KEY:SECRET".into(),

@@ -6,6 +6,7 @@ pub mod client; // a SigV4-signing client of that API
 pub mod codestore; // zip validation, content-addressed code, ext4 images
 pub mod config; // settings: config file and flags
 pub mod dispatch; // the data plane: slots, assignment, placement, counting
+pub mod edge; // connection cap, timeouts, TLS, body limits
 pub mod events; // durable Event-invocation queue
 pub mod metrics; // Prometheus metrics
 pub mod registry; // SQLite registry of functions and invocation logs

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ember_invoke_router::config::{self, defaults, ConfigFile, ServeConfig, TenantConfig};
+use ember_invoke_router::edge::EdgeConfig;
 use ember_invoke_router::server;
 
 mod up;
@@ -81,6 +82,12 @@ struct ServeArgs {
     /// Longest wait for a slot before 429, milliseconds [default: 1000].
     #[arg(long)]
     queue_wait_ms: Option<u64>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax) [default: info, or RUST_LOG].
     #[arg(long)]
     log_level: Option<String>,
@@ -171,6 +178,11 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, config::ConfigError> {
                 .unwrap_or(defaults::SHUTDOWN_GRACE_SECS),
         ),
         tenants,
+        edge: EdgeConfig {
+            tls_cert: args.tls_cert.or(file.edge.tls_cert),
+            tls_key: args.tls_key.or(file.edge.tls_key),
+            ..file.edge
+        },
     };
     cfg.validate()?;
     Ok(cfg)

@@ -1,12 +1,12 @@
-//! The server: opens the data directory's parts, serves the API, and shuts
-//! down gracefully (stop accepting, let in-flight invocations finish within
-//! the grace period, then stop every VM).
+//! The server: opens the data directory's parts, serves the API behind the
+//! edge (connection cap, timeouts, TLS), and shuts down gracefully (stop
+//! accepting, let in-flight invocations finish within the grace period,
+//! then stop every VM).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -24,7 +24,9 @@ pub struct RunningServer {
     pub local_addr: SocketAddr,
     state: Arc<AppState>,
     stop: oneshot::Sender<()>,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
+    /// Whether it speaks HTTPS.
+    pub tls: bool,
     grace: std::time::Duration,
 }
 
@@ -73,22 +75,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         dispatcher,
         Arc::new(move |tenant: &str, name: &str| resolver_state.upgrade()?.resolve(tenant, name)),
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
-    let local_addr = listener.local_addr()?;
+    let edge = crate::edge::bind(config.listen, &config.edge).await?;
+    let local_addr = edge.listener.local_addr()?;
+    let tls = edge.tls.is_some();
     let (stop, stopped) = oneshot::channel::<()>();
     let app = api::router(state.clone());
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    tracing::info!(%local_addr, data_dir = %data.display(), "serving the Lambda API");
+    let http = tokio::spawn(edge.serve(app, async move {
+        let _ = stopped.await;
+    }));
+    tracing::info!(%local_addr, tls, data_dir = %data.display(), "serving the Lambda API");
     Ok(RunningServer {
         local_addr,
+        tls,
         state,
         stop,
         http,

@@ -451,7 +451,7 @@ async fn bad_input_gets_lambda_errors_and_creates_nothing() {
     let big = vec![b' '; ember_protocol::MAX_PAYLOAD_LEN + 1];
     api.raw("POST", &inv("f"), big, &[])
         .await
-        .assert_error(413, "RequestTooLargeException");
+        .assert_error(413, "RequestEntityTooLargeException");
     let dry = api
         .raw(
             "POST",

@@ -59,12 +59,33 @@ impl ApiError {
         )
     }
 
-    /// 413 RequestTooLargeException.
-    pub fn too_large(limit: usize, operation: &str) -> Self {
+    /// 413 RequestEntityTooLargeException, as Lambda answers a request over
+    /// its operation's limit (`message` from [`crate::edge::limits`]).
+    pub fn too_large_with(message: impl Into<String>) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestTooLargeException",
-            format!("Request must be smaller than {limit} bytes for the {operation} operation"),
+            "RequestEntityTooLargeException",
+            message,
+        )
+    }
+
+    /// 413 RequestEntityTooLargeException for a request of `operation`
+    /// over `limit` bytes.
+    pub fn too_large(limit: usize, operation: &str) -> Self {
+        Self::too_large_with(format!(
+            "Request must be smaller than {limit} bytes for the {operation} operation"
+        ))
+    }
+
+    /// 408 RequestTimeoutException: the body did not arrive in time.
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeoutException",
+            format!(
+                "The request body did not arrive within {} ms",
+                limit.as_millis()
+            ),
         )
     }
 

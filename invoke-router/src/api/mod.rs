@@ -1,5 +1,6 @@
 //! The Lambda HTTP API (axum): routes, authentication, body limits and
-//! request metrics. One file per group of operations.
+//! request metrics. One file per group of operations. Bodies are read (and
+//! bounded) only by authentication, never by axum's default limit.
 //!
 //! | method | path | operation |
 //! | --- | --- | --- |
@@ -26,7 +27,7 @@ pub mod shapes;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::Method;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -78,6 +79,8 @@ pub struct AppState {
     /// Serializes changes to functions, so that code garbage collection
     /// never races a create or update storing the same code.
     pub changes: Mutex<()>,
+    /// A request's whole body must arrive within this.
+    pub body_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -112,6 +115,7 @@ impl AppState {
             events,
             metrics,
             changes: Mutex::new(()),
+            body_timeout: config.edge.body_timeout(),
         }
     }
 
@@ -266,7 +270,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
-        ));
+        ))
+        // `authenticate` has read the body within the operation's limit;
+        // axum's 2 MB default must not cut in after it.
+        .layer(DefaultBodyLimit::disable());
     Router::new()
         .route("/metrics", get(metrics))
         .merge(signed)

@@ -48,6 +48,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
             tenant("alpha", KEY_A, SECRET_A),
             tenant("beta", KEY_B, SECRET_B),
         ],
+        edge: Default::default(),
     }
 }
 
