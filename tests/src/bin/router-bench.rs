@@ -4,7 +4,7 @@
 //!
 //!   router-bench tenant
 //!       prints the `--tenant` value of the key it signs with
-//!   router-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N] [--secs S]
+//!   router-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N] [--secs S] [--idle N]
 //!
 //! Creates N functions (`provided.al2023`, the zip holding BOOTSTRAP),
 //! invokes each once (a cold start each), then invokes the last one N
@@ -12,7 +12,10 @@
 //! warm invocations of it as it can for S seconds from 1 and from 4
 //! concurrent connections. Prints one line per sample, `COLD_MS <ms>` and
 //! `WARM_MS <ms>`, and `RPS_C1 <n>`, `RPS_C4 <n>`; any failure ends it with
-//! status 1.
+//! status 1. With `--idle N`, it then opens N connections that send
+//! nothing and measures again from new connections: `WARM_IDLE_MS <ms>`,
+//! `RPS_IDLE_C1 <n>`, `RPS_IDLE_C4 <n>`; a router that cannot answer then
+//! prints `IDLE_FAILED <why>` (and the run still succeeds).
 
 use std::time::{Duration, Instant};
 
@@ -38,11 +41,12 @@ struct Args {
     cold: usize,
     warm: usize,
     secs: u64,
+    idle: usize,
 }
 
 fn parse() -> Result<Option<Args>, String> {
     let mut it = std::env::args().skip(1);
-    let usage = "usage: router-bench tenant | router-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N] [--secs S]";
+    let usage = "usage: router-bench tenant | router-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N] [--secs S] [--idle N]";
     let host = it.next().ok_or(usage)?;
     if host == "tenant" {
         println!("{TENANT}:{}:{}", KEY.id, KEY.secret);
@@ -54,6 +58,7 @@ fn parse() -> Result<Option<Args>, String> {
         cold: 10,
         warm: 200,
         secs: 5,
+        idle: 0,
     };
     while let Some(flag) = it.next() {
         let n = it
@@ -65,6 +70,7 @@ fn parse() -> Result<Option<Args>, String> {
             "--cold" => args.cold = n,
             "--warm" => args.warm = n,
             "--secs" => args.secs = n as u64,
+            "--idle" => args.idle = n,
             _ => return Err(format!("unknown option {flag}; {usage}")),
         }
     }
@@ -72,8 +78,11 @@ fn parse() -> Result<Option<Args>, String> {
 }
 
 fn connect(host: &str) -> Result<Connection, String> {
-    Connection::open(host, KEY, Duration::from_secs(120))
-        .map_err(|e| format!("connect {host}: {e}"))
+    connect_within(host, Duration::from_secs(120))
+}
+
+fn connect_within(host: &str, read_timeout: Duration) -> Result<Connection, String> {
+    Connection::open(host, KEY, read_timeout).map_err(|e| format!("connect {host}: {e}"))
 }
 
 fn expect(r: std::io::Result<Reply>, status: u16, what: &str) -> Result<Reply, String> {
@@ -197,5 +206,48 @@ fn run() -> Result<(), String> {
         let rps = throughput(&args.host, warm, clients, args.secs)?;
         println!("RPS_C{clients} {rps:.1}");
     }
+    if args.idle > 0 {
+        if let Err(e) = under_idle(&args, warm) {
+            println!("IDLE_FAILED {e}");
+        }
+    }
     Ok(())
+}
+
+/// The warm measurements again, from new connections, while `args.idle`
+/// other connections sit open sending nothing.
+fn under_idle(args: &Args, warm: &str) -> Result<(), String> {
+    raise_nofile();
+    let mut idle = Vec::with_capacity(args.idle);
+    for i in 0..args.idle {
+        let s = std::net::TcpStream::connect(&args.host)
+            .map_err(|e| format!("idle connection {i}: {e}"))?;
+        idle.push(s);
+    }
+    let mut c = connect_within(&args.host, Duration::from_secs(10))?;
+    for _ in 0..args.warm {
+        let (took, _) = invoke(&mut c, warm)?;
+        println!("WARM_IDLE_MS {}", ms(took));
+    }
+    for clients in [1, 4] {
+        let rps = throughput(&args.host, warm, clients, args.secs)?;
+        println!("RPS_IDLE_C{clients} {rps:.1}");
+    }
+    drop(idle);
+    Ok(())
+}
+
+/// This process holds both ends' worth of idle sockets: soft limit to hard.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
