@@ -30,6 +30,7 @@
 
 mod fair;
 mod journal;
+mod replay;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -47,6 +48,7 @@ use crate::config::{EventSettings, Quotas, ServeConfig};
 use crate::dispatch::{DispatchError, Dispatcher, FunctionSpec, InvokeInput};
 use fair::FairQueue;
 use journal::{Journal, Record};
+use replay::{apply, records_for};
 
 /// Attempts per event: the first and Lambda's two retries.
 pub const MAX_ATTEMPTS: u32 = 3;
@@ -146,6 +148,10 @@ struct Inner {
     fair: FairQueue,
     /// Finished events by enqueue time (pruned oldest first).
     finished: BTreeSet<(u64, String)>,
+    /// Records appended since the journal was last compacted.
+    appended: usize,
+    /// Extra records allowed before compacting ([`COMPACT_SLACK`]).
+    compact_slack: usize,
     retry_delays: [Duration; 2],
 }
 
@@ -158,6 +164,21 @@ pub struct EventQueue {
     quotas: HashMap<String, Quotas>,
     inner: Mutex<Inner>,
     wake: Notify,
+}
+
+/// The journal is compacted while running once it holds this many times
+/// more records than there are events (plus [`COMPACT_SLACK`]).
+const COMPACT_FACTOR: usize = 4;
+/// See [`COMPACT_FACTOR`].
+const COMPACT_SLACK: usize = 10_000;
+
+/// The records that rebuild every event, oldest first.
+fn compacted(entries: &HashMap<String, Entry>) -> Vec<Record> {
+    let mut ids: Vec<&String> = entries.keys().collect();
+    ids.sort_by_key(|id| (entries[*id].at_ms, (*id).clone()));
+    ids.iter()
+        .flat_map(|id| records_for(id, &entries[*id]))
+        .collect()
 }
 
 fn is_finished(s: &EventStatus) -> bool {
@@ -173,94 +194,6 @@ fn now_ms() -> u64 {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Applies one record to the replayed state.
-fn apply(entries: &mut HashMap<String, Entry>, r: Record) {
-    match r {
-        Record::Enqueue {
-            id,
-            tenant,
-            function,
-            at_ms,
-        } => {
-            entries.insert(
-                id,
-                Entry {
-                    tenant,
-                    function,
-                    at_ms,
-                    status: EventStatus::Queued,
-                    attempts: 0,
-                    due_ms: at_ms,
-                    throttled: 0,
-                },
-            );
-        }
-        other => {
-            let Some(e) = entries.get_mut(other.id()) else {
-                return;
-            };
-            match other {
-                Record::Enqueue { .. } => {}
-                Record::Attempt { attempt, .. } => e.status = EventStatus::Running { attempt },
-                Record::Retry {
-                    attempts, due_ms, ..
-                } => {
-                    e.status = EventStatus::Queued;
-                    e.attempts = attempts;
-                    e.due_ms = due_ms;
-                }
-                Record::Throttled {
-                    attempts, due_ms, ..
-                } => {
-                    e.status = EventStatus::Queued;
-                    e.attempts = attempts;
-                    e.due_ms = due_ms;
-                    e.throttled += 1;
-                }
-                Record::Succeeded { attempts, .. } => {
-                    e.status = EventStatus::Succeeded;
-                    e.attempts = attempts;
-                }
-                Record::Failed {
-                    attempts, error, ..
-                } => {
-                    e.status = EventStatus::Failed { attempts, error };
-                    e.attempts = attempts;
-                }
-            }
-        }
-    }
-}
-
-/// The records that rebuild `e` (the compacted journal).
-fn records_for(id: &str, e: &Entry) -> Vec<Record> {
-    let mut out = vec![Record::Enqueue {
-        id: id.into(),
-        tenant: e.tenant.clone(),
-        function: e.function.clone(),
-        at_ms: e.at_ms,
-    }];
-    match &e.status {
-        EventStatus::Queued if e.attempts > 0 || e.throttled > 0 => out.push(Record::Retry {
-            id: id.into(),
-            attempts: e.attempts,
-            error: String::new(),
-            due_ms: e.due_ms,
-        }),
-        EventStatus::Queued | EventStatus::Running { .. } => {}
-        EventStatus::Succeeded => out.push(Record::Succeeded {
-            id: id.into(),
-            attempts: e.attempts,
-        }),
-        EventStatus::Failed { attempts, error } => out.push(Record::Failed {
-            id: id.into(),
-            attempts: *attempts,
-            error: error.clone(),
-        }),
-    }
-    out
 }
 
 impl EventQueue {
@@ -296,13 +229,7 @@ impl EventQueue {
                 let _ = std::fs::remove_dir_all(dir.join(&id));
             }
         }
-        let mut ids: Vec<&String> = entries.keys().collect();
-        ids.sort_by_key(|id| (entries[*id].at_ms, (*id).clone()));
-        let records: Vec<Record> = ids
-            .iter()
-            .flat_map(|id| records_for(id, &entries[*id]))
-            .collect();
-        let journal = Journal::rewrite(&path, &records)?;
+        let journal = Journal::rewrite(&path, &compacted(&entries))?;
         let mut fair = FairQueue::default();
         for (id, e) in &entries {
             if e.status == EventStatus::Queued {
@@ -323,6 +250,8 @@ impl EventQueue {
                 entries,
                 fair,
                 finished,
+                appended: 0,
+                compact_slack: COMPACT_SLACK,
                 retry_delays: [Duration::from_secs(60), Duration::from_secs(120)],
             }),
             wake: Notify::new(),
@@ -537,6 +466,19 @@ impl EventQueue {
                         pruned.push(old);
                     }
                 }
+            }
+        }
+        st.appended += 1;
+        if st.appended > COMPACT_FACTOR * st.entries.len() + st.compact_slack {
+            // Pruned events leave the journal here (their directories go below).
+            let records = compacted(&st.entries);
+            let path = st.journal.path().to_path_buf();
+            match Journal::rewrite(&path, &records) {
+                Ok(j) => {
+                    st.journal = j;
+                    st.appended = 0;
+                }
+                Err(e) => tracing::error!("cannot compact the event journal: {e}"),
             }
         }
         drop(st);
