@@ -22,6 +22,7 @@
 //! account_id = "123456789012"     # optional: derived from the id
 //! concurrency = 100
 //! keys = [{ access_key_id = "AKIA...", secret_access_key = "..." }]
+//! quotas = { max_functions = 1000, max_code_bytes = 75000000000 }  # optional
 //! ```
 
 use std::net::SocketAddr;
@@ -79,6 +80,9 @@ pub struct TenantConfig {
     pub concurrency: u32,
     /// Its access keys.
     pub keys: Vec<KeyPair>,
+    /// Its storage quotas (see `quotas.rs`).
+    #[serde(default)]
+    pub quotas: crate::quotas::Quotas,
 }
 
 impl TenantConfig {
@@ -321,6 +325,7 @@ pub fn parse_tenant_flag(s: &str) -> Result<TenantConfig, String> {
                     access_key_id: key.to_string(),
                     secret_access_key: secret.to_string(),
                 }],
+                quotas: Default::default(),
             })
         }
         _ => Err(format!("'{s}' is not ID:ACCESS_KEY_ID:SECRET")),

@@ -30,6 +30,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
             access_key_id: key.into(),
             secret_access_key: secret.into(),
         }],
+        quotas: Default::default(),
     };
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -158,7 +159,11 @@ pub struct Api {
 
 impl Api {
     pub async fn start(data: &Path) -> Self {
-        let server = server::start(config(data)).await.unwrap();
+        Self::start_with(config(data)).await
+    }
+    /// A server with settings of the caller's (e.g. `config` changed).
+    pub async fn start_with(config: ServeConfig) -> Self {
+        let server = server::start(config).await.unwrap();
         Self {
             addr: server.local_addr,
             server: Some(server),
