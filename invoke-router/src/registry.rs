@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::durable;
 use crate::quotas::{QuotaExceeded, Quotas, Usage};
@@ -262,7 +262,7 @@ impl Registry {
         quotas: &Quotas,
     ) -> Result<(), RegistryError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let usage = Self::usage_in(&tx, &rec.tenant, None)?;
             if Self::exists_in(&tx, &rec.tenant, &rec.name)? {
                 return Err(RegistryError::Conflict);
@@ -379,7 +379,7 @@ impl Registry {
         quotas: &Quotas,
     ) -> Result<(), RegistryError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current: Option<String> = tx
                 .query_row(
                     "SELECT revision_id FROM functions WHERE tenant = ?1 AND name = ?2",
@@ -413,7 +413,7 @@ impl Registry {
     /// Removes a function and its invocation records; returns what it was.
     pub fn delete(&self, tenant: &str, name: &str) -> Result<FunctionRecord, RegistryError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let sql = format!("SELECT {COLUMNS} FROM functions WHERE tenant = ?1 AND name = ?2");
             let rec = tx
                 .query_row(&sql, params![tenant, name], from_row)
@@ -503,7 +503,7 @@ impl Registry {
 
     fn insert_log(c: &mut Connection, log: &InvocationLog) -> Result<(), RegistryError> {
         {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT INTO invocation_logs (tenant, function, request_id, timestamp, outcome, \
                  slot_id, cold_start, duration_us, log_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

@@ -374,3 +374,54 @@ async fn tenant_quotas_on_functions_and_code_bytes() {
     }
     api.stop().await;
 }
+
+/// The test runtime has one thread, which the server shares: a registry
+/// commit on it would stall every request.
+#[tokio::test]
+async fn a_stalled_registry_commit_does_not_stall_other_requests() {
+    let data = tempfile::tempdir().unwrap();
+    let api = Api::start(data.path()).await;
+    let r = api.call("POST", FUNCTIONS, create_body("f")).await;
+    assert_eq!(r.status, 201);
+    // Another writer holds the database's write lock for 3 s (as a slow
+    // fsync would hold the router's own commit).
+    let db = data.path().join("registry.sqlite3");
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked.recv().unwrap();
+    let start = std::time::Instant::now();
+    let (addr, body) = (api.addr, create_body("g").to_string().into_bytes());
+    let create = tokio::spawn(async move {
+        let signing = Signing::Key(KEY_A, SECRET_A);
+        let r = send(addr, "POST", FUNCTIONS, body, &[], signing).await;
+        (r, start.elapsed())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let get = api
+        .call("GET", &format!("{FUNCTIONS}/f"), Value::Null)
+        .await;
+    assert_eq!(get.status, 200);
+    let list = api
+        .call_as_b("GET", &format!("{FUNCTIONS}/"), Value::Null)
+        .await;
+    assert_eq!(list.status, 200);
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(2000),
+        "reads waited {took:?} for a blocked commit"
+    );
+    let (r, create_took) = create.await.unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        create_took >= std::time::Duration::from_millis(2500),
+        "the create did not wait for the lock: {create_took:?}"
+    );
+    holder.join().unwrap();
+    api.stop().await;
+}

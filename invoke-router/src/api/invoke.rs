@@ -240,7 +240,13 @@ pub async fn invoke(
     let kind = invocation_type(header(&headers, "x-amz-invocation-type"))?;
     let tail = wants_tail(header(&headers, "x-amz-log-type"))?;
     let context = client_context(header(&headers, "x-amz-client-context"))?;
-    let rec = state.function(&caller.0, &name, q.get("Qualifier").map(String::as_str))?;
+    let rec = super::functions::load(
+        &state,
+        &caller.0,
+        &name,
+        q.get("Qualifier").map(String::as_str),
+    )
+    .await?;
     if !body.is_empty() {
         serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| {
             ApiError::bad_content(format!("Could not parse request body into json: {e}"))
@@ -286,7 +292,9 @@ pub async fn invoke(
                     duration_us: out.result.duration_us,
                     log_tail: out.result.log_tail.clone(),
                 };
-                if let Err(e) = state.registry.record_invocation(&log) {
+                // A commit: on the blocking pool, not this executor thread.
+                let logged = state.registry.blocking(move |r| r.record_invocation(&log));
+                if let Err(e) = logged.await {
                     tracing::warn!(error = %e, "could not record the invocation's logs");
                 }
             }
