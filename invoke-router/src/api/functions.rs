@@ -61,6 +61,24 @@ async fn code_store<T: Send + 'static>(
     })
 }
 
+/// Parses a body that may carry a 50 MiB zip (70 MB of JSON), on the
+/// blocking pool: it takes a while.
+async fn parse_large<T: serde::de::DeserializeOwned + Send + 'static>(
+    body: Bytes,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || parse_body(&body))
+        .await
+        .map_err(|e| ApiError::service(format!("parsing task failed: {e}")))?
+}
+
+/// Decodes `Code.ZipFile` (base64), on the blocking pool; `elsewhere`: the
+/// code was given as S3 or an image instead.
+async fn decode_large(zip_b64: Option<String>, elsewhere: bool) -> Result<Vec<u8>, ApiError> {
+    tokio::task::spawn_blocking(move || decode_zip(zip_b64.as_deref(), elsewhere, false))
+        .await
+        .map_err(|e| ApiError::service(format!("decoding task failed: {e}")))?
+}
+
 /// Loads the caller's function named by a path parameter, or 404 (the
 /// async twin of [`AppState::function`]).
 pub(super) async fn load(
@@ -129,7 +147,7 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: CreateFunctionRequest = parse_body(&body)?;
+    let req: CreateFunctionRequest = parse_large(body).await?;
     let name = req
         .function_name
         .as_deref()
@@ -158,11 +176,11 @@ pub async fn create(
     let env = req.environment.map(|e| e.variables).unwrap_or_default();
     check_environment(&env)?;
     let code = req.code.unwrap_or_default();
-    let zip = decode_zip(
-        code.zip_file.as_deref(),
-        code.s3_bucket.is_some(),
-        code.image_uri.is_some(),
-    )?;
+    let zip = decode_large(
+        code.zip_file,
+        code.s3_bucket.is_some() || code.image_uri.is_some(),
+    )
+    .await?;
 
     let tenant = caller.0.clone();
     let _function = state.changes.function(&tenant.id, name).await;
@@ -303,13 +321,10 @@ pub async fn update_code(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: UpdateCodeRequest = parse_body(&body)?;
+    let req: UpdateCodeRequest = parse_large(body).await?;
     check_architectures(req.architectures.as_ref())?;
-    let zip = decode_zip(
-        req.zip_file.as_deref(),
-        req.s3_bucket.is_some(),
-        req.image_uri.is_some(),
-    )?;
+    let elsewhere = req.s3_bucket.is_some() || req.image_uri.is_some();
+    let zip = decode_large(req.zip_file.clone(), elsewhere).await?;
     let tenant = caller.0.clone();
     let name = resolve_name(&tenant, &name, None)?;
     let _function = state.changes.function(&tenant.id, &name).await;
