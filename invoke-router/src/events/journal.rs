@@ -325,6 +325,58 @@ mod tests {
         );
     }
 
+    /// A real full disk: a tmpfs with no page left, and a journal whose
+    /// last page has room for 20 bytes, so the next append is torn there.
+    #[test]
+    fn a_record_torn_by_a_full_disk_does_not_swallow_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("running mount");
+        assert!(
+            mounted.status.success(),
+            "this test mounts a small tmpfs as the full disk and needs root: {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join("journal.jsonl");
+        // One record padded so that the file ends 20 bytes before a page end.
+        let failed = |error: String| Record::Failed {
+            id: "e".into(),
+            attempts: 1,
+            error,
+        };
+        let bare = serde_json::to_vec(&failed(String::new())).unwrap().len() + 1;
+        let first = failed("x".repeat(4096 - 20 - bare));
+        let mut j = Journal::rewrite(&path, std::slice::from_ref(&first)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096 - 20);
+        // Fill every other page.
+        let filler = dir.path().join("filler");
+        let mut f = File::create(&filler).unwrap();
+        let page = [7u8; 4096];
+        while f.write_all(&page).is_ok() {}
+        drop(f);
+        let second = attempt(2);
+        let err = j.append(&second).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        // Part of the record did land.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+        std::fs::remove_file(&filler).unwrap();
+        j.append(&attempt(3)).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), vec![first, attempt(3)]);
+    }
+
     #[test]
     fn the_reader_recovers_a_record_glued_to_a_torn_one() {
         let dir = tempfile::tempdir().unwrap();
