@@ -261,6 +261,30 @@ async fn disk_full_during_an_upload_leaves_no_half_created_function() {
     assert_eq!(entries(&data.join("code/zips")), zips);
     assert_eq!(entries(&data.join("code/images")), images);
     assert!(entries(&data.join("code/tmp")).is_empty());
+    // A disk with no byte left: a registry commit fails too, and changes
+    // nothing.
+    let filler = disk.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[7u8; 4096]).is_ok() {}
+    }
+    let conf = format!("{FUNCTIONS}/small/configuration");
+    let r = api
+        .call("PUT", &conf, json!({ "Description": "changed" }))
+        .await;
+    r.assert_error(500, "ServiceException");
+    let msg = r.json()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("full"), "{msg}");
+    let got = api.call("GET", &conf, Value::Null).await;
+    assert_eq!(got.json()["Description"], "", "{}", got.json());
+    api.call("POST", FUNCTIONS, create_body("none"))
+        .await
+        .assert_error(500, "ServiceException");
+    std::fs::remove_file(&filler).unwrap();
+    assert!(entries(&data.join("code/tmp")).is_empty());
+    assert_eq!(entries(&data.join("code/zips")), zips);
+
     // The router still works, and keeps working after a restart.
     let next = api.call("POST", FUNCTIONS, create_body("next")).await;
     assert_eq!(next.status, 201, "{}", String::from_utf8_lossy(&next.body));
