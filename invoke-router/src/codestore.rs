@@ -125,8 +125,9 @@ impl CodeStore {
     }
 
     /// Removes every stored version not in `keep`, and anything else in
-    /// the store's directories that is no stored version at all. For the
-    /// start, before any upload runs. Returns what went.
+    /// the store's directories that is no stored version at all, and sets
+    /// the modes of what stays. For the start, before any upload runs.
+    /// Returns what went.
     pub fn sweep(&self, keep: &std::collections::HashSet<String>) -> io::Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         for (dir, ext) in [("zips", "zip"), ("images", "ext4")] {
@@ -139,6 +140,8 @@ impl CodeStore {
                     .and_then(|n| n.strip_suffix(&format!(".{ext}")))
                     .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()));
                 if key.is_some_and(|k| keep.contains(k)) {
+                    // Older versions left zips 0444.
+                    durable::set_mode(&path, if ext == "zip" { 0o400 } else { 0o444 })?;
                     continue;
                 }
                 let gone = if fs::symlink_metadata(&path)?.is_dir() {

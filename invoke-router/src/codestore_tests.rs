@@ -224,10 +224,12 @@ fn sweep_keeps_used_code_and_removes_the_rest() {
     let junk = data.path().join("code/images/partial.ext4.tmp");
     fs::write(&junk, b"x").unwrap();
     fs::create_dir(data.path().join("code/zips/stray")).unwrap();
+    durable::set_mode(&store.zip_path(&used.sha256_hex), 0o444).unwrap();
     let keep = std::collections::HashSet::from([used.sha256_hex.clone()]);
     let removed = store.sweep(&keep).unwrap();
     assert_eq!(removed.len(), 4, "{removed:?}");
     assert!(store.contains(&used.sha256_hex));
+    assert_eq!(mode(&store.zip_path(&used.sha256_hex)), 0o400);
     assert!(!orphan.image.exists());
     assert!(!store.zip_path(&orphan.sha256_hex).exists());
     assert!(!junk.exists());
