@@ -579,6 +579,53 @@ mod tests {
     }
 
     #[test]
+    fn quotas_are_checked_in_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let q = Quotas {
+            max_functions: 2,
+            max_code_bytes: 25,
+        };
+        reg.create_within(&rec("t", "a"), &q).unwrap();
+        reg.create_within(&rec("t", "b"), &q).unwrap();
+        assert!(matches!(
+            reg.create_within(&rec("t", "c"), &q),
+            Err(RegistryError::Quota(QuotaExceeded::Functions { limit: 2 }))
+        ));
+        // A duplicate is a conflict, not a quota error.
+        assert!(matches!(
+            reg.create_within(&rec("t", "a"), &q),
+            Err(RegistryError::Conflict)
+        ));
+        // Another tenant has its own count.
+        reg.create_within(&rec("u", "c"), &q).unwrap();
+        let mut big = rec("t", "a");
+        big.code_size = 16;
+        assert!(matches!(
+            reg.update_within(&big, None, &q),
+            Err(RegistryError::Quota(QuotaExceeded::CodeBytes {
+                used: 10,
+                adding: 16,
+                ..
+            }))
+        ));
+        big.code_size = 15;
+        reg.update_within(&big, None, &q).unwrap();
+        assert_eq!(
+            reg.usage("t").unwrap(),
+            Usage {
+                functions: 2,
+                code_bytes: 25
+            }
+        );
+        assert_eq!(reg.usage_except("t", "a").unwrap(), 10);
+        assert_eq!(
+            reg.code_hashes().unwrap(),
+            HashSet::from(["ab".to_string()])
+        );
+    }
+
+    #[test]
     fn crud_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(dir.path()).unwrap();
