@@ -120,6 +120,12 @@ impl CodeStore {
         if hex::encode(digest) != sha256_hex {
             return Err(format!("{} does not hash to its name", zip.display()));
         }
+        self.check_image(sha256_hex)
+    }
+
+    /// What is wrong with a stored version's image, if anything (quick: its
+    /// superblock and size, not its content).
+    pub fn check_image(&self, sha256_hex: &str) -> Result<(), String> {
         let image = self.image_path(sha256_hex);
         check_ext4(&image).map_err(|e| format!("{}: {e}", image.display()))
     }

@@ -44,8 +44,8 @@ pub fn prepare(data_dir: &Path) -> io::Result<()> {
 }
 
 /// Removes unreferenced code and leftover temporary files; returns what
-/// went. Code a function references but that is missing is logged (its
-/// invocations fail until its code is uploaded again).
+/// went. A function's image that is missing or damaged is logged (its
+/// invocations fail until its code is uploaded again, which rebuilds it).
 pub fn sweep(
     data_dir: &Path,
     registry: &Registry,
@@ -60,8 +60,8 @@ pub fn sweep(
         }
     }
     for sha in &keep {
-        if !code.image_path(sha).is_file() {
-            tracing::error!(code = %sha, "a function's code is missing from the code store");
+        if let Err(why) = code.check_image(sha) {
+            tracing::error!(code = %sha, "a function's code image is missing or damaged: {why}");
         }
     }
     if !removed.is_empty() {
