@@ -1,6 +1,7 @@
-//! Per-tenant quotas on stored functions: how many a tenant may have and
-//! how many bytes of code (the sum of its functions' zip sizes, as Lambda
-//! counts code storage). Set per tenant in the config file:
+//! Checks of the per-tenant storage quotas (`config::Quotas`: how many
+//! functions a tenant may have, and how many bytes of code, the sum of its
+//! functions' zip sizes as Lambda counts code storage). Set per tenant in
+//! the config file:
 //!
 //! ```toml
 //! [[tenants]]
@@ -11,42 +12,22 @@
 //! The registry checks them in the same transaction that adds or changes a
 //! function, so concurrent uploads cannot overshoot.
 
-use serde::Deserialize;
-
-/// A tenant's storage quotas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Quotas {
-    /// Most functions the tenant may have.
-    pub max_functions: u64,
-    /// Most bytes of code (zip sizes summed over its functions).
-    pub max_code_bytes: u64,
-}
-
-/// Defaults: Lambda's code storage (75 GB per account and region) and a
-/// thousand functions.
-impl Default for Quotas {
-    fn default() -> Self {
-        Self {
-            max_functions: 1000,
-            max_code_bytes: 75 * 1000 * 1000 * 1000,
-        }
-    }
-}
+pub use crate::config::Quotas;
 
 impl Quotas {
     /// No limits (for callers that check none).
     pub const UNLIMITED: Quotas = Quotas {
-        max_functions: u64::MAX,
+        max_functions: u32::MAX,
         max_code_bytes: u64::MAX,
+        max_pending_events: u32::MAX,
     };
 
     /// Whether a tenant storing `usage` may get one more function with
     /// `adding` bytes of code.
     pub fn check_create(&self, usage: Usage, adding: u64) -> Result<(), QuotaExceeded> {
-        if usage.functions >= self.max_functions {
+        if usage.functions >= u64::from(self.max_functions) {
             return Err(QuotaExceeded::Functions {
-                limit: self.max_functions,
+                limit: u64::from(self.max_functions),
             });
         }
         self.check_code(usage.code_bytes, adding)
@@ -108,6 +89,7 @@ mod tests {
         let q = Quotas {
             max_functions: 2,
             max_code_bytes: 100,
+            ..Quotas::default()
         };
         let usage = |functions, code_bytes| Usage {
             functions,
@@ -123,9 +105,5 @@ mod tests {
             Err(QuotaExceeded::CodeBytes { used: 60, .. })
         ));
         assert!(Quotas::UNLIMITED.check_code(u64::MAX, 1).is_ok());
-        let parsed: Quotas = toml::from_str("max_functions = 3").unwrap();
-        assert_eq!(parsed.max_functions, 3);
-        assert_eq!(parsed.max_code_bytes, Quotas::default().max_code_bytes);
-        assert!(toml::from_str::<Quotas>("max_lambdas = 3").is_err());
     }
 }

@@ -17,6 +17,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use crate::durable;
 use crate::quotas::{QuotaExceeded, Quotas, Usage};
 
+use crate::runtime::Runtime;
+
 /// How many invocation records each function keeps (oldest dropped first).
 pub const LOGS_PER_FUNCTION: i64 = 1000;
 
@@ -57,7 +59,7 @@ pub struct FunctionRecord {
     /// Name, unique per tenant.
     pub name: String,
     /// `provided.al2023`, `provided` or `exec`.
-    pub runtime: String,
+    pub runtime: Runtime,
     /// Handler string.
     pub handler: String,
     /// Role ARN as given (not used; kept for clients that expect it back).
@@ -562,7 +564,7 @@ mod tests {
         FunctionRecord {
             tenant: tenant.into(),
             name: name.into(),
-            runtime: "exec".into(),
+            runtime: Runtime::Exec,
             handler: "cat".into(),
             role: String::new(),
             description: String::new(),
@@ -585,6 +587,7 @@ mod tests {
         let q = Quotas {
             max_functions: 2,
             max_code_bytes: 25,
+            ..Quotas::default()
         };
         reg.create_within(&rec("t", "a"), &q).unwrap();
         reg.create_within(&rec("t", "b"), &q).unwrap();

@@ -302,6 +302,7 @@ async fn tenant_quotas_on_functions_and_code_bytes() {
     cfg.tenants[0].quotas = Quotas {
         max_functions: 2,
         max_code_bytes: 30_000,
+        ..Quotas::default()
     };
     cfg.tenants[1].quotas = Quotas {
         max_functions: 3,
