@@ -5,7 +5,9 @@
 //! such message goes through [`warn_limited!`] / [`error_limited!`]: a token
 //! bucket per call site lets [`BURST`] lines through, then one per
 //! [`REFILL`]; the next line let through says how many were suppressed in
-//! between. The errors themselves are counted in
+//! between. Messages of other crates (rust-vmm's virtio-queue logs some
+//! guest-caused errors itself) get the same limit per call site in the
+//! logger. The errors themselves are counted in
 //! [`crate::devices::counters`], which the VMM logs as one summary line
 //! when it exits.
 
@@ -31,12 +33,43 @@ impl Log for StderrLogger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!("ember-vmm: {} {}", record.level(), record.args());
+        if !self.enabled(record.metadata()) {
+            return;
         }
+        // rust-vmm crates log guest-caused errors themselves (an invalid
+        // queue size, a ring out of memory): limit them per call site too.
+        if !record.target().starts_with("ember_vmm") {
+            let site = foreign_site(record.file().unwrap_or(""), record.line().unwrap_or(0));
+            match FOREIGN[site].admit(Instant::now()) {
+                None => return,
+                Some(0) => {}
+                Some(n) => {
+                    eprintln!(
+                        "ember-vmm: {} {} ({n} more like this suppressed)",
+                        record.level(),
+                        record.args()
+                    );
+                    return;
+                }
+            }
+        }
+        eprintln!("ember-vmm: {} {}", record.level(), record.args());
     }
 
     fn flush(&self) {}
+}
+
+/// Buckets for messages of other crates, shared by call sites that hash alike.
+const FOREIGN_SITES: usize = 64;
+static FOREIGN: [RateLimit; FOREIGN_SITES] = [const { RateLimit::new() }; FOREIGN_SITES];
+
+fn foreign_site(file: &str, line: u32) -> usize {
+    // FNV-1a: small, stable, no allocation.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in file.bytes().chain(line.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % FOREIGN_SITES as u64) as usize
 }
 
 /// Logs to stderr from `level` up; a second call changes nothing.
