@@ -35,19 +35,21 @@ impl SoftRouter {
         let (port, ctrl) = (free_port(), free_port());
         let dir = tempdir(&format!("softrouter-{tag}"));
         let ready_key = tenants.first().map(|(_, k)| *k);
-        let tenants: Vec<String> = tenants.iter().map(|(n, k)| k.tenant_flag(n)).collect();
+        // Tenants (with their secrets) from a file, never argv.
+        let tenants: String = tenants.iter().map(|(n, k)| k.tenant_entry(n)).collect();
         let script = format!(
             "export PATH=$PWD/bin:$PATH
+             (umask 077; printf '%s' '{tenants}' >tenants.toml)
              ./ember-invoke-router serve --listen 0.0.0.0:{port} --data-dir $PWD/d \
                  --kernel vmlinux --initramfs initramfs --vmm ./ember-vmm \
-                 --capacity-mem-mib 2048 --capacity-vcpus 8 {tenants} >router.log 2>&1 &
+                 --capacity-mem-mib 2048 --capacity-vcpus 8 --tenants-file tenants.toml \
+                 >router.log 2>&1 &
              router=$!
              echo ok | ./busybox nc -l -p {ctrl} >/dev/null
              kill -0 $router || echo ROUTER-DIED
              kill -TERM $router; wait $router; echo ROUTER-EXIT $?
              echo LEFT-VM-DIRS $(ls d/run | wc -l)
-             echo '--- router log (its end) ---'; tail -c 200000 router.log",
-            tenants = tenants.join(" ")
+             echo '--- router log (its end) ---'; tail -c 200000 router.log"
         );
         let puts = [
             format!("{}:ember-invoke-router", a.router.display()),
