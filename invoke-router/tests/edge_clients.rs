@@ -105,7 +105,7 @@ async fn a_45_mib_zip_and_a_5_mib_payload_work_end_to_end() {
     let env = support::env(support::Settings::default());
     let data = env.dir.path().join("data");
     let vmm = env.dir.path().join("fake-vmm");
-    let server = start(&data, |c| c.vmm = vmm).await;
+    let server = start(&data, |c| c.guest.vmm = vmm).await;
     let addr = server.local_addr;
     let zip = zip_45_mib();
     let doc = exec_function("big", "wc -c < blob.bin", &zip).to_string();
@@ -270,7 +270,7 @@ async fn boto3_over_https_uploads_45_mib_invokes_5_mib_and_sees_lambdas_413s() {
     let (ca, cert, key) = tls_files(env.dir.path());
     let vmm = env.dir.path().join("fake-vmm");
     let server = start(&env.dir.path().join("data"), |c| {
-        c.vmm = vmm;
+        c.guest.vmm = vmm;
         c.edge.tls_cert = Some(cert);
         c.edge.tls_key = Some(key);
     })

@@ -33,12 +33,12 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use tokio::sync::Mutex;
 
 use crate::codestore::CodeStore;
 use crate::config::{ServeConfig, TenantConfig};
 use crate::dispatch::{Dispatcher, FunctionSpec};
 use crate::events::EventQueue;
+use crate::locks::ChangeLocks;
 use crate::metrics::Metrics;
 use crate::registry::{FunctionRecord, Registry};
 use error::ApiError;
@@ -52,6 +52,8 @@ pub struct Tenant {
     pub account: String,
     /// Its concurrency limit.
     pub concurrency: u32,
+    /// Its storage quotas.
+    pub quotas: crate::quotas::Quotas,
 }
 
 /// The authenticated caller, put in each request's extensions.
@@ -76,9 +78,9 @@ pub struct AppState {
     pub events: Arc<EventQueue>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Serializes changes to functions, so that code garbage collection
-    /// never races a create or update storing the same code.
-    pub changes: Mutex<()>,
+    /// Locks per function and per code version (see `locks.rs`): changes
+    /// to one function wait for each other only.
+    pub changes: ChangeLocks,
     /// A request's whole body must arrive within this.
     pub body_timeout: std::time::Duration,
 }
@@ -114,7 +116,7 @@ impl AppState {
             dispatcher,
             events,
             metrics,
-            changes: Mutex::new(()),
+            changes: ChangeLocks::default(),
             body_timeout: config.edge.body_timeout(),
         }
     }
@@ -129,18 +131,13 @@ impl AppState {
 
     /// What the data plane needs to run a stored function.
     pub fn spec(&self, tenant: &Tenant, rec: &FunctionRecord) -> Arc<FunctionSpec> {
-        let runtime = if rec.runtime == "exec" {
-            ember_protocol::RuntimeKind::Exec
-        } else {
-            ember_protocol::RuntimeKind::Provided
-        };
         Arc::new(FunctionSpec {
             tenant: rec.tenant.clone(),
             name: rec.name.clone(),
             arn: self.arn(tenant, &rec.name),
             revision: rec.revision_id.clone(),
             code_image: self.code.image_path(&rec.code_sha256_hex),
-            runtime,
+            runtime: rec.runtime.kind(),
             handler: rec.handler.clone(),
             env: rec
                 .env
@@ -179,6 +176,7 @@ fn tenant_of(t: &TenantConfig) -> Tenant {
         id: t.id.clone(),
         account: t.account(),
         concurrency: t.concurrency,
+        quotas: t.quotas,
     }
 }
 

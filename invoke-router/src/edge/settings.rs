@@ -97,8 +97,11 @@ impl EdgeConfig {
 
     /// Checks ranges and that TLS files come in pairs.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_connections == 0 {
-            return Err("edge.max_connections must be at least 1".into());
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(format!(
+                "edge.max_connections must be 1-1000000, not {}",
+                self.max_connections
+            ));
         }
         for (name, ms) in [
             ("header_read_timeout_ms", self.header_read_timeout_ms),
