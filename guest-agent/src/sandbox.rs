@@ -21,9 +21,11 @@ pub const AGENT_RESERVE_BYTES: u64 = 48 << 20;
 /// (Lambda's limit is 1024 as well); a fork past it fails with EAGAIN.
 pub const HANDLER_PIDS_MAX: u32 = 1024;
 
-/// The handlers' cgroup's `cpu.weight` (the agent, in the root group, has
-/// the weight of one default task, 100 in these units).
-pub const HANDLER_CPU_WEIGHT: u32 = 100;
+/// The handlers' cgroup's `cpu.weight`: the agent, in the root group, has
+/// the weight of one default task (100 in these units), so a busy handler
+/// group leaves it about nine tenths of the CPU when it needs it (to kill a
+/// fork bomb's thousand processes, reap them and report in time).
+pub const HANDLER_CPU_WEIGHT: u32 = 10;
 
 /// How handlers are confined; every part is optional.
 #[derive(Debug, Clone, Default)]
