@@ -1,7 +1,9 @@
 //! What confines a handler: an unprivileged uid with no capabilities, and a
 //! cgroup with a memory limit below the VM's memory so the agent outlives a
-//! handler that eats memory, and a process limit ([`HANDLER_PIDS_MAX`]) so
-//! a fork bomb cannot exhaust the guest's pids and starve the agent. Both
+//! handler that eats memory, a process limit ([`HANDLER_PIDS_MAX`]) so a
+//! fork bomb cannot exhaust the guest's pids, and the cpu controller so a
+//! thousand busy processes compete with the agent as one group, not as a
+//! thousand tasks. Both
 //! need root (and the cgroup a cgroup2 mount); without them the agent runs
 //! handlers unconfined and says so.
 
@@ -18,6 +20,12 @@ pub const AGENT_RESERVE_BYTES: u64 = 48 << 20;
 /// The most processes and threads a handler's cgroup may hold at once
 /// (Lambda's limit is 1024 as well); a fork past it fails with EAGAIN.
 pub const HANDLER_PIDS_MAX: u32 = 1024;
+
+/// The handlers' cgroup's `cpu.weight`: the agent, in the root group, has
+/// the weight of one default task (100 in these units), so a busy handler
+/// group leaves it about nine tenths of the CPU when it needs it (to kill a
+/// fork bomb's thousand processes, reap them and report in time).
+pub const HANDLER_CPU_WEIGHT: u32 = 10;
 
 /// How handlers are confined; every part is optional.
 #[derive(Debug, Clone, Default)]
@@ -43,7 +51,7 @@ impl Cgroup {
         let ctx = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
         // Fails harmlessly when already enabled; the memory.max and pids.max
         // writes below report a missing controller.
-        for controller in ["+memory", "+pids"] {
+        for controller in ["+memory", "+pids", "+cpu"] {
             let _ = fs::write(root.join("cgroup.subtree_control"), controller);
         }
         let dir = root.join(name);
@@ -57,6 +65,11 @@ impl Cgroup {
             .map_err(|e| ctx("memory.max", e))?;
         fs::write(dir.join("pids.max"), HANDLER_PIDS_MAX.to_string())
             .map_err(|e| ctx("pids.max", e))?;
+        // The group competes for the CPU as one entity, not as each of its
+        // (up to 1024) processes: a busy fork bomb leaves the agent its
+        // share, so it still answers and enforces the deadline. Best
+        // effort: without the cpu controller the limits above still hold.
+        let _ = fs::write(dir.join("cpu.weight"), HANDLER_CPU_WEIGHT.to_string());
         let _ = fs::write(dir.join("memory.swap.max"), "0");
         let _ = fs::write(dir.join("memory.oom.group"), "1");
         let procs = OpenOptions::new()

@@ -190,6 +190,10 @@ echo '--- bystander VMM log ---'; cat by.err
         "fds grew from {fds0} to {fds}:\n{out}"
     );
     let (ok, failed) = (value(&out, "ECHO-OK"), value(&out, "ECHO-FAILED"));
+    eprintln!(
+        "hostile VMM: RSS at most {rss} KiB, fds {fds0} -> {fds}, {lines} log lines; \
+         bystander: {ok} echoes, {failed} failed"
+    );
     assert!(
         ok >= 5 && failed == 0,
         "bystander echoes: {ok} ok, {failed} failed:\n{out}"
