@@ -163,6 +163,9 @@ pub struct ConfigFile {
     /// Tenants.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// How VMs are jailed (`[jail]`, see `dispatch::jail`).
+    #[serde(default)]
+    pub jail: crate::dispatch::jail::JailSettings,
 }
 
 impl ConfigFile {
@@ -213,6 +216,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Tenants and their keys.
     pub tenants: Vec<TenantConfig>,
+    /// How VMs are jailed.
+    pub jail: crate::dispatch::jail::JailSettings,
 }
 
 /// Defaults for what neither file nor flags set.

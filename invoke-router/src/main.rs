@@ -171,6 +171,7 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, config::ConfigError> {
                 .unwrap_or(defaults::SHUTDOWN_GRACE_SECS),
         ),
         tenants,
+        jail: file.jail,
     };
     cfg.validate()?;
     Ok(cfg)

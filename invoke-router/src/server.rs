@@ -38,6 +38,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let code = CodeStore::open(data).context("opening the code store")?;
     let metrics = Metrics::new();
     let run_dir = data.join("run");
+    // No VM without its jail: refuse a host that cannot jail (see dispatch::jail).
+    config.jail.preflight(&config.vmm)?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let dispatcher = Dispatcher::new(
         DispatchConfig {
@@ -56,6 +58,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             keep_alive: config.keep_alive,
             queue_wait: config.queue_wait,
             health_interval: config.health_interval,
+            jail: config.jail.clone(),
         },
         metrics.clone(),
     );

@@ -19,6 +19,7 @@ pub mod assignment;
 pub mod clock;
 pub mod counting;
 mod invocation;
+pub mod jail;
 pub mod lifecycle;
 pub mod placement;
 pub mod slot;
@@ -127,6 +128,8 @@ pub struct DispatchConfig {
     pub queue_wait: Duration,
     /// How often idle VMs are pinged.
     pub health_interval: Duration,
+    /// How VMs are jailed.
+    pub jail: jail::JailSettings,
 }
 
 /// Mutable dispatcher state, behind one lock (never held across an await).
@@ -210,6 +213,7 @@ impl Dispatcher {
             initramfs: config.initramfs.clone(),
             run_dir: config.run_dir.clone(),
             cold_start_timeout: placement::COLD_START_TIMEOUT,
+            jail: jail::Jailer::new(&config.jail),
         };
         let state = State {
             assignment: Assignment::new(capacity, &slot_prefix()),

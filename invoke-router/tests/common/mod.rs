@@ -48,6 +48,11 @@ pub fn config(data_dir: &Path) -> ServeConfig {
             tenant("alpha", KEY_A, SECRET_A),
             tenant("beta", KEY_B, SECRET_B),
         ],
+        // No VM ever starts here (the VMM does not exist): nothing to jail.
+        jail: ember_invoke_router::dispatch::jail::JailSettings {
+            unjailed_development: true,
+            ..Default::default()
+        },
     }
 }
 

@@ -98,6 +98,11 @@ pub fn env(s: Settings) -> Env {
         keep_alive: s.keep_alive,
         queue_wait: s.queue_wait,
         health_interval: s.health_interval,
+        // The fake VMM is a shell script: it cannot jail itself.
+        jail: ember_invoke_router::dispatch::jail::JailSettings {
+            unjailed_development: true,
+            ..Default::default()
+        },
     };
     let metrics = Metrics::new();
     let dispatcher = match s.clock {
