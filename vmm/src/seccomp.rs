@@ -139,6 +139,17 @@ fn common_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
     .into_iter()
     .map(|nr| (nr, Vec::new()))
     .collect();
+    // Flags of open fds (non-blocking sockets, close-on-exec; kvm-ioctls
+    // checks the vCPU fd after an interrupted KVM_RUN), nothing else.
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![
+            arg_eq(1, libc::F_GETFL as u64),
+            arg_eq(1, libc::F_SETFL as u64),
+            arg_eq(1, libc::F_GETFD as u64),
+            arg_eq(1, libc::F_SETFD as u64),
+        ],
+    );
     // Memory may be mapped, never made executable.
     rules.insert(libc::SYS_mmap, vec![arg_lacks(2, prot_exec)]);
     rules.insert(libc::SYS_mprotect, vec![arg_lacks(2, prot_exec)]);
@@ -185,16 +196,6 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
             }
             // Guest-initiated vsock connections are Unix sockets only.
             rules.insert(libc::SYS_socket, vec![arg_eq(0, libc::AF_UNIX as u64)]);
-            // Non-blocking sockets and close-on-exec, nothing else.
-            rules.insert(
-                libc::SYS_fcntl,
-                vec![
-                    arg_eq(1, libc::F_GETFL as u64),
-                    arg_eq(1, libc::F_SETFL as u64),
-                    arg_eq(1, libc::F_GETFD as u64),
-                    arg_eq(1, libc::F_SETFD as u64),
-                ],
-            );
             rules.insert(
                 libc::SYS_ioctl,
                 vec![arg_eq(1, libc::FIONBIO), arg_eq(1, libc::FIOCLEX)],

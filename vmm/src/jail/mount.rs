@@ -54,12 +54,27 @@ pub fn inside(root: &Path, target: &Path) -> std::path::PathBuf {
 }
 
 /// In a fresh mount namespace: binds everything into `root`, makes it
-/// the root, detaches the old one and makes the root read-only.
+/// the root, detaches the old one (with every host mount under it) and
+/// makes the root read-only.
 pub fn pivot_into(root: &Path, binds: &[Bind]) -> Result<(), JailError> {
     let none: Option<&str> = None;
     // Nothing we mount may propagate back to the host.
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
         .map_err(os("making / private".into()))?;
+    // pivot_root cannot leave a root mount without a parent (an initramfs
+    // root, as in the soft host): first enter a recursive bind of / at the
+    // root's own path, so the root left behind is always a bind mount. Seen
+    // from inside, `root` is then still the plain, empty directory.
+    mount(
+        Some("/"),
+        root,
+        none,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none,
+    )
+    .map_err(os(format!("binding / onto {}", root.display())))?;
+    nix::unistd::chroot(root).map_err(os(format!("entering {}", root.display())))?;
+    std::env::set_current_dir("/").map_err(io("entering /".into()))?;
     // pivot_root needs the new root to be a mount point.
     mount(
         Some(root),
