@@ -18,7 +18,34 @@ die() { log "error: $*"; exit 1; }
 need_cmds() {
     local c missing=()
     for c in "$@"; do command -v "$c" >/dev/null 2>&1 || missing+=("$c"); done
-    [ ${#missing[@]} -eq 0 ] || die "missing tools: ${missing[*]} (run .ci/run's install step, or apt-get install them)"
+    [ ${#missing[@]} -eq 0 ] ||
+        die "missing tools: ${missing[*]} (apt-get install -y --no-install-recommends $(host_packages | tr '\n' ' '))"
+}
+
+# host_packages: the Debian packages an Ember host needs (images/host-packages).
+host_packages() {
+    grep -v '^[[:space:]]*\(#\|$\)' "$repo/images/host-packages"
+}
+
+# ensure_host_packages: installs the packages of images/host-packages that
+# are missing (as root, saying which and why), or stops with the exact
+# apt-get line when it cannot.
+ensure_host_packages() {
+    local p missing=()
+    command -v dpkg-query >/dev/null 2>&1 || die "not a Debian system (no dpkg-query): install the equivalents of images/host-packages"
+    for p in $(host_packages); do
+        [ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" = "ii " ] || missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    local line="apt-get install -y --no-install-recommends ${missing[*]}"
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 ||
+        die "missing Debian packages the guest images and the soft KVM host need; as root run: $line"
+    log "installing missing Debian packages (guest kernel build, guest images, soft KVM host; see images/host-packages): ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 || {
+        log "apt-get install failed; refreshing the package lists (apt-get update) and trying again"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+    } || die "could not install the missing packages; as root run: apt-get update && $line"
 }
 
 # ember_cache_dir: where build outputs live, outside any checkout.
@@ -94,4 +121,16 @@ reproducible_cpio() {
         find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
             cpio -o -H newc --reproducible -R 0:0 --quiet
     )
+}
+
+# ensure_aws_cli: puts an AWS CLI on PATH for the tests that drive Ember
+# as users do (installs v1 from PyPI into a venv when there is none).
+ensure_aws_cli() {
+    local venv=${EMBER_AWSCLI_VENV:-/opt/ember-awscli}
+    [ -x "$venv/bin/aws" ] && export PATH="$venv/bin:$PATH"
+    command -v aws >/dev/null 2>&1 && return 0
+    log "installing the AWS CLI (PyPI awscli) into $venv: the E2E tests invoke functions with it"
+    python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q awscli >&2 ||
+        die "could not install the AWS CLI into $venv (needs python3-venv and PyPI)"
+    export PATH="$venv/bin:$PATH"
 }

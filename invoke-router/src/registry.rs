@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::runtime::Runtime;
+
 /// How many invocation records each function keeps (oldest dropped first).
 pub const LOGS_PER_FUNCTION: i64 = 1000;
 
@@ -39,7 +41,7 @@ pub struct FunctionRecord {
     /// Name, unique per tenant.
     pub name: String,
     /// `provided.al2023`, `provided` or `exec`.
-    pub runtime: String,
+    pub runtime: Runtime,
     /// Handler string.
     pub handler: String,
     /// Role ARN as given (not used; kept for clients that expect it back).
@@ -425,7 +427,7 @@ mod tests {
         FunctionRecord {
             tenant: tenant.into(),
             name: name.into(),
-            runtime: "exec".into(),
+            runtime: Runtime::Exec,
             handler: "cat".into(),
             role: String::new(),
             description: String::new(),

@@ -211,9 +211,10 @@ fn the_router_jails_every_vm_and_leaves_no_jail_behind() {
     let script = format!(
         "export PATH=$PWD/bin:$PATH
          mkdir -p /sys/fs/cgroup/ember/vm-stale-1 d/run/vm-stale-1/root
+         (umask 077; printf '%s' '{tenants}' >tenants.toml)
          ./ember-invoke-router serve --listen 0.0.0.0:{port} --data-dir $PWD/d \
              --kernel vmlinux --initramfs initramfs --vmm ./ember-vmm \
-             --capacity-mem-mib 1024 --capacity-vcpus 4 {tenant} >router.log 2>&1 &
+             --capacity-mem-mib 1024 --capacity-vcpus 4 --tenants-file tenants.toml >router.log 2>&1 &
          router=$!
          cmd=$(echo ok | ./busybox nc -l -p {ctrl})
          [ -e /sys/fs/cgroup/ember/vm-stale-1 ] && echo STALE-CGROUP-LEFT
@@ -232,7 +233,7 @@ fn the_router_jails_every_vm_and_leaves_no_jail_behind() {
          echo AFTER-CGROUPS $(ls /sys/fs/cgroup/ember | grep -c '^vm-')
          echo AFTER-DIRS $(ls d/run | wc -l)
          echo '--- router log ---'; cat router.log",
-        tenant = ALPHA.tenant_flag("alpha"),
+        tenants = ALPHA.tenant_entry("alpha"),
     );
     let puts = [
         format!("{}:ember-invoke-router", a.router.display()),

@@ -75,6 +75,92 @@ fn timeout_kills_the_command_and_says_so() {
     );
 }
 
+/// A boot that never reaches the soft host's init (here: QEMU frozen
+/// before its first instruction) is detected within the boot bound,
+/// reported with its console log, and retried once.
+#[test]
+fn a_hung_boot_is_detected_and_retried_once() {
+    if skipped("a_hung_boot_is_detected_and_retried_once") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let out = run(softhost(&["--timeout", "300", "--keep-log"])
+        .args(["echo", "second-boot"])
+        .env("EMBER_SOFTHOST", "emulate")
+        .env("EMBER_SOFTHOST_BOOT_SECS", "15")
+        .env("EMBER_SOFTHOST_TEST_FREEZE_FIRST_BOOT", "1"));
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (Some(0), "second-boot\n"),
+        "the retry must run the command:\n{out}"
+    );
+    assert!(
+        out.stderr
+            .contains("did not reach its init within 15 s (console log: "),
+        "the hang must be reported:\n{out}"
+    );
+    assert!(out.stderr.contains("retrying once"), "{out}");
+    let log = out
+        .stderr
+        .split("(console log: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the warning names the log");
+    assert!(
+        std::path::Path::new(log).is_file(),
+        "the hung boot's console log {log} must be kept:\n{out}"
+    );
+    if let Some(dir) = std::path::Path::new(log).parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Two boots that both hang end the run with status 125 and both logs
+/// named, never a silent long wait (the bound here is shorter than a boot).
+#[test]
+fn two_hung_boots_fail_with_their_logs() {
+    if skipped("two_hung_boots_fail_with_their_logs") {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let out = run(softhost(&["--timeout", "300"])
+        .args(["true"])
+        .env("EMBER_SOFTHOST", "emulate")
+        .env("EMBER_SOFTHOST_BOOT_SECS", "1"));
+    assert_eq!(out.code, Some(125), "{out}");
+    assert!(
+        out.stderr
+            .contains("did not reach its init within 1 s twice; console logs: "),
+        "{out}"
+    );
+    let logs = out
+        .stderr
+        .split("console logs: ")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .expect("the error names the logs");
+    for log in logs.split(' ') {
+        assert!(std::path::Path::new(log).is_file(), "{log} kept:\n{out}");
+    }
+    if let Some(dir) = logs
+        .split(' ')
+        .next()
+        .and_then(|l| std::path::Path::new(l).parent())
+    {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 /// A `--disk` image is mounted at /work/disk and what one soft host writes
 /// there, the next one reads.
 #[test]

@@ -81,7 +81,7 @@ pub async fn create(
         .runtime
         .as_deref()
         .ok_or_else(|| ApiError::invalid_parameter("Runtime is required for a Zip package"))?;
-    check_runtime(runtime)?;
+    let runtime = check_runtime(runtime)?;
     let handler = req
         .handler
         .as_deref()
@@ -111,7 +111,7 @@ pub async fn create(
     let rec = FunctionRecord {
         tenant: caller.0.id.clone(),
         name: name.to_string(),
-        runtime: runtime.to_string(),
+        runtime,
         handler: handler.to_string(),
         role: req.role.unwrap_or_default(),
         description,
@@ -265,13 +265,12 @@ pub async fn update_configuration(
     let _changes = state.changes.lock().await;
     let mut rec = state.function(&caller.0, &name, None)?;
     if let Some(r) = req.runtime {
-        check_runtime(&r)?;
-        rec.runtime = r;
+        rec.runtime = check_runtime(&r)?;
     }
     if let Some(h) = req.handler {
         rec.handler = h;
     }
-    check_handler(&rec.runtime, &rec.handler)?;
+    check_handler(rec.runtime, &rec.handler)?;
     if let Some(m) = req.memory_size {
         rec.memory_mib = check_memory(m)?;
     }

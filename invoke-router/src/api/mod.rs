@@ -125,18 +125,13 @@ impl AppState {
 
     /// What the data plane needs to run a stored function.
     pub fn spec(&self, tenant: &Tenant, rec: &FunctionRecord) -> Arc<FunctionSpec> {
-        let runtime = if rec.runtime == "exec" {
-            ember_protocol::RuntimeKind::Exec
-        } else {
-            ember_protocol::RuntimeKind::Provided
-        };
         Arc::new(FunctionSpec {
             tenant: rec.tenant.clone(),
             name: rec.name.clone(),
             arn: self.arn(tenant, &rec.name),
             revision: rec.revision_id.clone(),
             code_image: self.code.image_path(&rec.code_sha256_hex),
-            runtime,
+            runtime: rec.runtime.kind(),
             handler: rec.handler.clone(),
             env: rec
                 .env

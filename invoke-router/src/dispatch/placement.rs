@@ -34,6 +34,7 @@ use super::agent_conn::{AgentConn, ConnError};
 use super::jail::{JailLease, Jailer};
 use super::slot::SlotId;
 use super::FunctionSpec;
+use crate::config::GuestSettings;
 
 /// Guest memory added to the function's memory for the guest kernel and
 /// the agent (the agent reserves 48 MiB of the VM for itself).
@@ -70,21 +71,36 @@ pub fn charge_mib(memory_mib: u32) -> u64 {
     u64::from(memory_mib) + u64::from(AGENT_HEADROOM_MIB) + VMM_OVERHEAD_MIB
 }
 
-/// What every VM is launched with.
+/// Where and from what VMs are launched: the guest part of the settings
+/// as it is, and the directory slot directories live in.
 #[derive(Debug, Clone)]
-pub struct PlacementConfig {
-    /// The `ember-vmm` binary.
-    pub vmm: PathBuf,
-    /// The guest kernel (`vmlinux`).
-    pub kernel: PathBuf,
-    /// The guest initramfs (the agent).
-    pub initramfs: PathBuf,
+pub struct Placement {
+    /// Kernel, initramfs and the `ember-vmm` binary.
+    pub guest: GuestSettings,
     /// Where slot directories live.
     pub run_dir: PathBuf,
     /// Cold-start deadline.
     pub cold_start_timeout: Duration,
     /// The jail every VM runs in (`None`: unjailed, development only).
     pub jail: Option<Arc<Jailer>>,
+}
+
+impl Placement {
+    /// Placement from the guest settings, with slot directories under `run_dir`.
+    pub fn new(guest: &GuestSettings, run_dir: PathBuf) -> Self {
+        Placement {
+            guest: guest.clone(),
+            run_dir,
+            cold_start_timeout: COLD_START_TIMEOUT,
+            jail: None,
+        }
+    }
+
+    /// The same, with every VM in a jail of `jailer` (`None`: unjailed).
+    pub fn jailed(mut self, jailer: Option<Arc<Jailer>>) -> Self {
+        self.jail = jailer;
+        self
+    }
 }
 
 /// Why a cold start failed.
@@ -194,7 +210,7 @@ impl Vm {
     /// Boots a VM for `spec` in slot `id` and waits until its runtime is
     /// ready. Nothing is left behind on failure.
     pub async fn launch(
-        cfg: &PlacementConfig,
+        cfg: &Placement,
         id: &SlotId,
         spec: &FunctionSpec,
     ) -> Result<Vm, PlacementError> {
@@ -232,7 +248,7 @@ impl Vm {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(PlacementError::Host(format!(
                     "start {}: {e}",
-                    cfg.vmm.display()
+                    cfg.guest.vmm.display()
                 )));
             }
         };
@@ -298,14 +314,14 @@ impl Vm {
     }
 }
 
-fn vmm_command(cfg: &PlacementConfig, uds: &Path, spec: &FunctionSpec) -> Command {
+fn vmm_command(cfg: &Placement, uds: &Path, spec: &FunctionSpec) -> Command {
     let mut drive = spec.code_image.as_os_str().to_owned();
     drive.push(",ro");
-    let mut cmd = Command::new(&cfg.vmm);
+    let mut cmd = Command::new(&cfg.guest.vmm);
     cmd.arg("--kernel")
-        .arg(&cfg.kernel)
+        .arg(&cfg.guest.kernel)
         .arg("--initrd")
-        .arg(&cfg.initramfs)
+        .arg(&cfg.guest.initramfs)
         .arg("--cmdline")
         .arg(KERNEL_CMDLINE)
         .arg("--vcpus")
