@@ -35,10 +35,11 @@ pub struct RunningServer {
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("creating data dir {}", data.display()))?;
+    crate::datadir::prepare(data)
+        .with_context(|| format!("preparing data dir {}", data.display()))?;
     let registry = Arc::new(Registry::open(data).context("opening the registry")?);
     let code = CodeStore::open(data).context("opening the code store")?;
+    crate::datadir::sweep(data, &registry, &code).context("sweeping the data dir")?;
     let metrics = Metrics::new();
     let run_dir = config.run_dir();
     // No VM without its jail: refuse a host that cannot jail (see dispatch::jail).

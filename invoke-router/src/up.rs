@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use ember_invoke_router::client::{self, Client};
+use ember_invoke_router::durable;
 
 /// Flags of `up`.
 #[derive(Args)]
@@ -48,9 +49,13 @@ const HELLO_SH: &[u8] = b"#!/bin/sh\n\
 read -r event\n\
 printf '{\"message\":\"Hello from Ember\",\"event\":%s}\\n' \"${event:-null}\"\n";
 
-/// The default tenant's key pair, created on first use.
+/// The default tenant's key pair, created on first use. The data directory
+/// is 0700 and the file 0600 (both fixed if an older version left them
+/// open); the file is written whole or not at all.
 fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
+    durable::private_dir(data_dir)?;
     let path = data_dir.join("default-tenant.toml");
+    durable::set_mode_if_exists(&path, durable::FILE_MODE)?;
     if let Ok(text) = std::fs::read_to_string(&path) {
         let get = |k: &str| {
             text.lines()
@@ -61,7 +66,6 @@ fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
             return Ok((id, secret));
         }
     }
-    std::fs::create_dir_all(data_dir)?;
     let raw = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
     let id = format!("AKIAEMBER{}", &raw[..11]);
     let secret = format!(
@@ -73,7 +77,7 @@ fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
         "# The default tenant of `ember-invoke-router up`.\n[[tenants]]\nid = \"default\"\n\
          [[tenants.keys]]\naccess_key_id = \"{id}\"\nsecret_access_key = \"{secret}\"\n"
     );
-    std::fs::write(&path, text)?;
+    durable::write_atomic(&path, text.as_bytes(), durable::FILE_MODE)?;
     Ok((id, secret))
 }
 
@@ -130,14 +134,17 @@ fn static_binary(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, Strin
     Ok(PathBuf::from(path.trim()))
 }
 
-/// The soft host's persistent disk: a sparse ext4 image, made once.
+/// The soft host's persistent disk (the router's whole state): a sparse
+/// ext4 image, made once, 0600.
 fn state_image(data_dir: &Path, mkfs: &Path) -> Result<PathBuf, String> {
     let image = data_dir.join("softhost-state.ext4");
     if image.is_file() {
+        durable::set_mode(&image, durable::FILE_MODE)
+            .map_err(|e| format!("{}: {e}", image.display()))?;
         return Ok(image);
     }
     let partial = data_dir.join("softhost-state.ext4.partial");
-    std::fs::File::create(&partial)
+    durable::create_file(&partial, durable::FILE_MODE)
         .and_then(|f| f.set_len(16 << 30))
         .map_err(|e| format!("creating {}: {e}", partial.display()))?;
     output(
@@ -366,5 +373,33 @@ pub fn run(args: UpArgs, default_data_dir: &Path) -> ExitCode {
             eprintln!("ember-invoke-router up: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn credentials_are_private_and_kept() {
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("share/ember");
+        let (id, secret) = default_credentials(&data).unwrap();
+        let file = data.join("default-tenant.toml");
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        assert!(!durable::temp_name(&file).exists());
+        // An older version's world-readable files: fixed, same key kept.
+        durable::set_mode(&data, 0o755).unwrap();
+        durable::set_mode(&file, 0o644).unwrap();
+        assert_eq!(default_credentials(&data).unwrap(), (id, secret));
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&file), 0o600);
     }
 }

@@ -269,9 +269,16 @@ pub async fn invoke(
             if body.len() > MAX_EVENT_PAYLOAD {
                 return Err(ApiError::too_large(MAX_EVENT_PAYLOAD, "Invoke"));
             }
-            state
-                .events
-                .enqueue(&caller.0.id, &rec.name, &request_id, &body)
+            // Durable: fsyncs, so off the async executor.
+            let (events, tenant, name, id) = (
+                state.events.clone(),
+                caller.0.id.clone(),
+                rec.name.clone(),
+                request_id.clone(),
+            );
+            tokio::task::spawn_blocking(move || events.enqueue(&tenant, &name, &id, &body))
+                .await
+                .map_err(|e| ApiError::service(format!("could not queue the event: {e}")))?
                 .map_err(|e| event_error(&e))?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             set(resp.headers_mut(), "x-amzn-RequestId", &request_id);

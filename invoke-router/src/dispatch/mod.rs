@@ -180,8 +180,7 @@ impl Dispatcher {
         let abort = CancellationToken::new();
         let core = Arc::new(Core {
             timing: config.timing,
-            placement: Placement::new(&config.guest, run_dir)
-                .jailed(jail::Jailer::new(&config.jail)),
+            placement: Placement::new(config),
             metrics,
             clock,
             state: Mutex::new(state),

@@ -198,6 +198,7 @@ mod tests {
             vsock: Some(VsockConfig {
                 guest_cid: 3,
                 uds_path: "/run/ember/vm-1/vsock/v.sock".into(),
+                allowed_host_ports: Vec::new(),
             }),
             drives: vec![DriveConfig {
                 path: "/data/code/abc.ext4".into(),
