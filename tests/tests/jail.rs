@@ -91,7 +91,7 @@ fn a_jailed_vmm_is_confined_and_a_forbidden_syscall_kills_it() {
          echo LIMITS $(cat $cg/memory.max) $(cat $cg/cpu.max) $(cat $cg/pids.max)
          echo NOFILE $(awk '/Max open files/ {{print $4}}' /proc/$vmm/limits)
          echo FSIZE $(awk '/Max file size/ {{print $4}}' /proc/$vmm/limits)
-         echo ENVIRON-BYTES $(wc -c < /proc/$vmm/environ)
+         echo ENVIRON-BYTES $(tr -d '\\0' < /proc/$vmm/environ | wc -c)
          for fd in /proc/$vmm/fd/*; do readlink $fd; done | grep -q secret && echo INHERITED-FD
          echo SOCKET-OWNER $(stat -c '%u %a' a/vsock)
          kill -TERM $keeper; wait $keeper; echo KEEPER-EXIT $?

@@ -34,11 +34,32 @@ pub fn close_inherited_fds() -> Result<(), JailError> {
     Ok(())
 }
 
-/// Removes every environment variable. The process must be single-threaded.
+extern "C" {
+    static environ: *const *mut libc::c_char;
+}
+
+/// Removes every environment variable and wipes the strings it was made
+/// of (they stay in memory, and in `/proc/<pid>/environ`, otherwise). The
+/// process must be single-threaded.
 pub fn clear_env() {
+    let mut strings = Vec::new();
+    // SAFETY: single-threaded, so `environ` is stable while it is walked;
+    // it is a NULL-terminated array of C strings.
+    unsafe {
+        let mut p = environ;
+        while !p.is_null() && !(*p).is_null() {
+            strings.push(*p);
+            p = p.add(1);
+        }
+    }
     let names: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for name in names {
         std::env::remove_var(name);
+    }
+    for s in strings {
+        // SAFETY: each was a live, writable NUL-terminated string of the
+        // environment; no longer referenced by `environ` after the removal.
+        unsafe { std::ptr::write_bytes(s, 0, libc::strlen(s)) };
     }
 }
 
