@@ -148,6 +148,9 @@ pub struct ConfigFile {
     /// The edge: connection cap, timeouts, TLS.
     #[serde(default)]
     pub edge: crate::edge::EdgeConfig,
+    /// How VMs are jailed (`[jail]`, see `dispatch::jail`).
+    #[serde(default)]
+    pub jail: crate::dispatch::jail::JailSettings,
 }
 
 /// Reads a TOML file, or JSON when the name ends in `.json`.
@@ -320,6 +323,8 @@ pub struct ServeConfig {
     pub tenants: Vec<TenantConfig>,
     /// The edge: connection cap, timeouts, TLS.
     pub edge: crate::edge::EdgeConfig,
+    /// How VMs are jailed.
+    pub jail: crate::dispatch::jail::JailSettings,
 }
 
 /// Defaults for what neither file nor flags set.
@@ -359,6 +364,7 @@ impl ServeConfig {
             events: EventSettings::default(),
             tenants,
             edge: crate::edge::EdgeConfig::default(),
+            jail: crate::dispatch::jail::JailSettings::default(),
         }
     }
 
@@ -438,6 +444,7 @@ impl ServeConfig {
                 tls_key: flags.tls_key.clone().or(file.edge.tls_key),
                 ..file.edge
             },
+            jail: file.jail,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -44,6 +44,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     crate::datadir::sweep(data, &registry, &code).context("sweeping the data dir")?;
     let metrics = Metrics::new();
     let run_dir = config.run_dir();
+    // No VM without its jail: refuse a host that cannot jail (see dispatch::jail).
+    config.jail.preflight(&config.guest.vmm)?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     // One token for every background task: cancelled, they stop taking work.
     let background = CancellationToken::new();

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ember_vmm::config::{self, VmmConfig};
-use ember_vmm::vmm::Vmm;
+use ember_vmm::jail::{self, Entered, JailConfig, JailError};
+use ember_vmm::seccomp::Filters;
+use ember_vmm::vmm::{Vmm, VmmError};
 
 /// Ember's virtual machine monitor: boots a Linux microVM on KVM.
 #[derive(Parser)]
@@ -78,6 +80,64 @@ struct Cli {
     /// Log level of the VMM's own messages on stderr.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
+    /// Run without the per-thread seccomp filters (for debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+    #[command(flatten)]
+    jail: JailArgs,
+    /// Debug only: once the filters are in, make a forbidden syscall (the
+    /// VMM must die with SIGSYS).
+    #[arg(long, hide = true)]
+    debug_seccomp_trigger: bool,
+    /// Debug only: inside the jail, before the VM is built, try to open
+    /// (and connect to) PATH and report the result on stderr.
+    #[arg(long, hide = true, value_name = "PATH")]
+    debug_jail_probe: Vec<PathBuf>,
+}
+
+/// The jail (see `ember_vmm::jail`): given `--jail-root`, the VMM runs in
+/// its own namespaces, root, cgroup and uid.
+#[derive(clap::Args)]
+struct JailArgs {
+    /// Jail the VMM in this per-VM directory (created; must be absent or empty; removed at exit).
+    #[arg(long, value_name = "DIR", requires_all = ["jail_uid", "jail_gid"])]
+    jail_root: Option<PathBuf>,
+    /// The jailed VMM's uid (not 0; one per live VM).
+    #[arg(long, value_name = "N", requires = "jail_root")]
+    jail_uid: Option<u32>,
+    /// The jailed VMM's gid (not 0).
+    #[arg(long, value_name = "N", requires = "jail_root")]
+    jail_gid: Option<u32>,
+    /// The VM's cgroup v2 directory, e.g. /sys/fs/cgroup/ember/vm1 (created; removed at exit).
+    #[arg(long, value_name = "DIR", requires = "jail_root")]
+    jail_cgroup: Option<PathBuf>,
+    /// memory.max = guest memory + this many MiB for the VMM itself.
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    jail_overhead_mib: u64,
+    /// pids.max of the VM's cgroup (default: vCPUs + 8).
+    #[arg(long, value_name = "N")]
+    jail_pids_max: Option<u64>,
+    /// RLIMIT_NOFILE of the jailed VMM.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    jail_nofile: u64,
+    /// RLIMIT_FSIZE of the jailed VMM in MiB (raised to the largest read-write drive).
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    jail_fsize_mib: u64,
+}
+
+impl JailArgs {
+    fn config(&self) -> Option<JailConfig> {
+        Some(JailConfig {
+            root: self.jail_root.clone()?,
+            uid: self.jail_uid?,
+            gid: self.jail_gid?,
+            cgroup: self.jail_cgroup.clone(),
+            overhead_mib: self.jail_overhead_mib,
+            pids_max: self.jail_pids_max,
+            nofile: self.jail_nofile,
+            fsize_mib: self.jail_fsize_mib,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -85,6 +145,13 @@ enum Command {
     /// Check that /dev/kvm can run a guest: API version, capabilities, and a
     /// tiny real-mode guest that must exit on port I/O and then halt.
     Probe,
+    /// Check that this host can jail VMMs (root, cgroup v2 with the memory,
+    /// cpu and pids controllers under PARENT, namespaces, /dev/kvm).
+    JailCheck {
+        /// The cgroup v2 directory VM cgroups go under.
+        #[arg(long, value_name = "PARENT", default_value = "/sys/fs/cgroup/ember")]
+        cgroup_parent: PathBuf,
+    },
 }
 
 impl Cli {
@@ -149,6 +216,18 @@ fn main() -> ExitCode {
     };
     let level = cli.log_level.parse().unwrap_or(log::LevelFilter::Info);
     ember_vmm::logger::init(level);
+    if let Some(Command::JailCheck { cgroup_parent }) = &cli.command {
+        return match jail::check_host(cgroup_parent) {
+            Ok(()) => {
+                println!("jail-check: ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ember-vmm jail-check: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Probe) = cli.command {
         return match ember_vmm::probe::run() {
             Ok(report) => {
@@ -162,16 +241,77 @@ fn main() -> ExitCode {
             }
         };
     }
-    let result = cli
-        .vmm_config()
-        .map_err(Into::into)
-        .and_then(|config| Vmm::build(&config))
-        .and_then(Vmm::run);
-    match result {
-        Ok(reason) => ExitCode::from(reason.exit_code()),
+    match run_vm(&cli) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ember-vmm: {e}");
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Why `ember-vmm` failed before or while running the VM.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
+    #[error(transparent)]
+    Seccomp(#[from] ember_vmm::seccomp::SeccompError),
+}
+
+impl RunError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Vmm(e) => e.exit_code(),
+            RunError::Jail(JailError::Setting { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Builds and runs the VM, jailed when asked; the exit status.
+fn run_vm(cli: &Cli) -> Result<ExitCode, RunError> {
+    let config = cli.vmm_config().map_err(VmmError::from)?;
+    // Compiled before the jail: nothing can fail later for want of memory.
+    let filters = if cli.no_seccomp {
+        log::warn!("--no-seccomp: the VMM runs without seccomp filters");
+        None
+    } else {
+        Some(Filters::build()?)
+    };
+    let jailed = match cli.jail.config() {
+        Some(j) => match jail::enter(&j, &config)? {
+            Entered::Keeper(code) => return Ok(ExitCode::from(code)),
+            Entered::Jailed(jailed) => Some(jailed),
+        },
+        None => None,
+    };
+    let config = jailed.as_ref().map_or(config, |j| j.config.clone());
+    for path in &cli.debug_jail_probe {
+        probe(path);
+    }
+    let vmm = Vmm::build(&config)?;
+    if let Some(j) = &jailed {
+        j.drop_privileges()?;
+    }
+    let reason = vmm.run_confined(filters.as_ref(), cli.debug_seccomp_trigger)?;
+    Ok(ExitCode::from(reason.exit_code()))
+}
+
+/// `--debug-jail-probe`: what this process can reach at `path`.
+fn probe(path: &std::path::Path) {
+    let open = std::fs::File::open(path).map(|_| "opened".to_string());
+    let connect = std::os::unix::net::UnixStream::connect(path).map(|_| "connected".to_string());
+    let show = |r: std::io::Result<String>| match r {
+        Ok(s) => s,
+        Err(e) => format!("error {}", e.raw_os_error().unwrap_or(0)),
+    };
+    eprintln!(
+        "ember-vmm: jail-probe {}: open {}, connect {}",
+        path.display(),
+        show(open),
+        show(connect)
+    );
 }

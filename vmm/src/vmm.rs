@@ -1,7 +1,7 @@
 //! One microVM: built from a [`VmmConfig`] in boot order, then run until
 //! the guest stops, a signal arrives, or a vCPU fails.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::resources::Resources;
+use crate::seccomp::{self, Filters};
 use crate::signals;
 use crate::vcpu::{Buses, Vcpu};
 
@@ -326,7 +327,19 @@ impl Vmm {
     }
 
     /// Runs the VM until it stops and says why.
-    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+    pub fn run(self) -> Result<ExitReason, VmmError> {
+        self.run_confined(None, false)
+    }
+
+    /// Like [`Vmm::run`], with each thread under its seccomp filter before
+    /// the guest runs: vCPU threads install theirs first thing, the main
+    /// thread its own, then the vCPUs are let go. `trigger` (debug only)
+    /// makes the main thread call a forbidden syscall once filtered.
+    pub fn run_confined(
+        mut self,
+        filters: Option<&Filters>,
+        trigger: bool,
+    ) -> Result<ExitReason, VmmError> {
         signals::wake_on_stop(self.exit.event());
         if let Some(sig) = signals::received() {
             // Asked to stop while the VM was being built.
@@ -334,14 +347,34 @@ impl Vmm {
         }
         let started = Instant::now();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let go = Arc::new(Barrier::new(self.vcpus.len() + 1));
         for vcpu in std::mem::take(&mut self.vcpus) {
             let name = format!("vcpu{}", threads.len());
+            let filter = filters.map(|f| f.vcpu.clone());
+            let (go, exit) = (go.clone(), self.exit.clone());
             let handle = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || vcpu.run())
+                .spawn(move || {
+                    if let Some(Err(e)) = filter.as_ref().map(seccomp::install) {
+                        exit.stop(ExitReason::Failed(format!("vCPU thread: {e}")));
+                    }
+                    go.wait();
+                    vcpu.run()
+                })
                 .map_err(io_err("starting a vCPU thread"))?;
             threads.push(handle);
         }
+        if let Some(f) = filters {
+            if let Err(e) = seccomp::install(&f.main) {
+                self.exit
+                    .stop(ExitReason::Failed(format!("main thread: {e}")));
+            }
+            if trigger {
+                warn!("--debug-seccomp-trigger: calling a forbidden syscall");
+                seccomp::trigger_forbidden_syscall();
+            }
+        }
+        go.wait();
         while !self.exit.is_stopping() {
             match self.event_manager.run() {
                 Ok(_) => {}

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod counting;
 pub mod error;
 mod invocation;
+pub mod jail;
 pub mod lifecycle;
 pub mod placement;
 pub mod slot;

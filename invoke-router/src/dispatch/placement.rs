@@ -12,6 +12,11 @@
 //! [`VMM_OVERHEAD_MIB`] for the VMM process itself against the host
 //! capacity. One vCPU per VM. Every VMM has its own vsock device whose host
 //! side is its own Unix socket, so every guest can use the same CID.
+//!
+//! Jailed (the default, see [`super::jail`]): the socket lives in
+//! `run_dir/<slot id>/vsock/`, the directory the jail binds in, and the
+//! jail root is `run_dir/<slot id>/root/`; the [`JailLease`] goes with the
+//! process and cleans up after it.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::agent_conn::{AgentConn, ConnError};
+use super::jail::{JailLease, Jailer};
 use super::slot::SlotId;
 use super::FunctionSpec;
 use crate::config::{GuestSettings, ServeConfig};
@@ -55,6 +61,8 @@ const MAX_UDS_PATH_LEN: usize = 107;
 
 /// The VM's socket and console file names inside its directory.
 pub const VSOCK_FILE: &str = "v.sock";
+/// The socket's directory inside a jailed VM's directory.
+pub const JAILED_VSOCK_DIR: &str = "vsock";
 /// See [`VSOCK_FILE`].
 pub const CONSOLE_FILE: &str = "console.log";
 
@@ -74,6 +82,8 @@ pub struct Placement {
     pub run_dir: PathBuf,
     /// Cold-start deadline.
     pub cold_start_timeout: Duration,
+    /// The jail every VM runs in (`None`: unjailed, development only).
+    pub jail: Option<Arc<Jailer>>,
 }
 
 impl Placement {
@@ -83,6 +93,7 @@ impl Placement {
             guest: config.guest.clone(),
             run_dir: config.run_dir(),
             cold_start_timeout: COLD_START_TIMEOUT,
+            jail: Jailer::new(&config.jail),
         }
     }
 }
@@ -130,6 +141,8 @@ struct Process {
     exited: bool,
     /// The tasks copying the VMM's output to the console log.
     capture: Vec<tokio::task::JoinHandle<()>>,
+    /// The VM's jail; dropped after the directory, it removes the rest.
+    _jail: Option<JailLease>,
 }
 
 impl Process {
@@ -198,7 +211,18 @@ impl Vm {
     ) -> Result<Vm, PlacementError> {
         let deadline = Instant::now() + cfg.cold_start_timeout;
         let dir = cfg.run_dir.join(&id.0);
-        let uds = dir.join(VSOCK_FILE);
+        let jail = match &cfg.jail {
+            Some(jailer) => Some(
+                jailer
+                    .lease(&dir, &id.0)
+                    .map_err(|e| PlacementError::Host(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let uds = match &jail {
+            Some(_) => dir.join(JAILED_VSOCK_DIR).join(VSOCK_FILE),
+            None => dir.join(VSOCK_FILE),
+        };
         if uds.as_os_str().len() > MAX_UDS_PATH_LEN {
             return Err(PlacementError::Host(format!(
                 "the socket path {} is longer than {MAX_UDS_PATH_LEN} bytes; use a shorter run directory",
@@ -206,9 +230,13 @@ impl Vm {
             )));
         }
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| PlacementError::Host(format!("create {}: {e}", dir.display())))?;
+        let uds_dir = uds.parent().unwrap_or(&dir);
+        std::fs::create_dir_all(uds_dir)
+            .map_err(|e| PlacementError::Host(format!("create {}: {e}", uds_dir.display())))?;
         let mut cmd = vmm_command(cfg, &uds, spec);
+        if let Some(lease) = &jail {
+            cmd.args(lease.vmm_args());
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -227,6 +255,7 @@ impl Vm {
             dir,
             exited: false,
             capture,
+            _jail: jail,
         };
         match boot(&mut process, &uds, spec, deadline).await {
             Ok((hello, ready, conn)) => Ok(Vm {

@@ -40,6 +40,8 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         ],
     );
     c.listen = "127.0.0.1:0".parse().unwrap();
+    // No VM ever starts here (the VMM does not exist): nothing to jail.
+    c.jail.unjailed_development = true;
     c.capacity.mem_mib = 1024;
     c.capacity.vcpus = 2;
     c.timing = TimingSettings {

@@ -122,6 +122,8 @@ pub fn env(s: Settings) -> Env {
         initramfs: dir.path().join("initramfs"),
     };
     let mut config = ServeConfig::new(dir.path().to_path_buf(), guest, tenants);
+    // The fake VMM is a shell script: it cannot jail itself.
+    config.jail.unjailed_development = true;
     config.capacity = CapacitySettings {
         mem_mib: s.capacity_mem_mib,
         vcpus: s.capacity_vcpus,

@@ -13,6 +13,8 @@
 //!                     vCPU threads, which run the guest) up to the marker
 //! With --vsock the guest must run `vsock-tool guest-echo PORT`; the VMM
 //! is stopped with SIGTERM after the measurements (without, with SIGKILL).
+//! A jailed VMM (`--jail-root`) runs as the child of its keeper: RSS and
+//! CPU time are then the jailed VMM's own.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -72,7 +74,8 @@ fn run() -> Result<(), String> {
         .recv_timeout(Duration::from_secs(120))
         .map_err(|_| "the marker never appeared on the console".to_string())?;
     println!("TO_MARKER_MS {:.1}", ms(to_marker));
-    println!("VMM_THREADS_CPU_MS {:.1}", cpu_ms(child.id(), false)?);
+    let vmm = vmm_pid(child.id());
+    println!("VMM_THREADS_CPU_MS {:.1}", cpu_ms(vmm, false)?);
 
     if let Some((uds, port)) = vsock {
         let mut conn = connect_retrying(&uds, port, start)?;
@@ -89,17 +92,11 @@ fn run() -> Result<(), String> {
         println!("RTT_P50_US {}", samples[500].as_micros());
         println!("RTT_P99_US {}", samples[990].as_micros());
         println!("ECHO_MIB_PER_S {:.2}", echo_throughput(&mut conn, 8 << 20)?);
-        println!(
-            "RSS_OUTSIDE_GUEST_KIB {}",
-            rss_outside_guest(child.id(), mem_mib)?
-        );
+        println!("RSS_OUTSIDE_GUEST_KIB {}", rss_outside_guest(vmm, mem_mib)?);
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     } else {
-        println!(
-            "RSS_OUTSIDE_GUEST_KIB {}",
-            rss_outside_guest(child.id(), mem_mib)?
-        );
+        println!("RSS_OUTSIDE_GUEST_KIB {}", rss_outside_guest(vmm, mem_mib)?);
         // Nothing more to measure, and the guest may run on forever.
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
@@ -167,6 +164,15 @@ fn echo_throughput(conn: &mut UnixStream, bytes: usize) -> Result<f64, String> {
         return Err("bulk echo differs".into());
     }
     Ok(bytes as f64 / f64::from(1 << 20) / secs)
+}
+
+/// The process that runs the VM: `pid` itself, or its only child when
+/// `pid` is a jail's keeper.
+fn vmm_pid(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next()?.parse().ok())
+        .unwrap_or(pid)
 }
 
 /// Resident KiB of every mapping except the guest RAM (the mapping whose
