@@ -90,7 +90,9 @@ impl Supervisor {
     /// Runs until told to shut down or until the runtime cannot start.
     pub async fn run(mut self) {
         match self.launcher.config.runtime {
-            RuntimeKind::Provided => self.run_provided().await,
+            RuntimeKind::Provided | RuntimeKind::Python313 | RuntimeKind::Nodejs20 => {
+                self.run_provided().await
+            }
             RuntimeKind::Exec => self.run_exec().await,
         }
     }
@@ -141,6 +143,25 @@ impl Supervisor {
         loop {
             let (mut p, init) = match self.init_provided().await {
                 Ok(ok) => ok,
+                Err(e) if self.launcher.config.runtime.is_managed() => {
+                    // As on Lambda: a managed runtime whose init fails (a
+                    // missing module or handler) answers the invocation
+                    // with the init error, and init is tried again for the
+                    // next one.
+                    self.logs.note(&format!("init failed: {}", e.error_message));
+                    let document = self.api.init_document();
+                    if first {
+                        self.send(Message::Ready(Ready {
+                            init_duration_us: 0,
+                        }))
+                        .await;
+                        first = false;
+                    }
+                    if self.answer_init_error(e, document).await {
+                        continue;
+                    }
+                    return;
+                }
                 Err(e) => {
                     self.logs.note(&format!("init failed: {}", e.error_message));
                     self.send(Message::InitError(e)).await;
@@ -182,6 +203,38 @@ impl Supervisor {
         }
     }
 
+    /// Waits for the next invocation and answers it with a managed
+    /// runtime's init error (its posted document, else Lambda's shape of
+    /// one); false when told to stop instead.
+    async fn answer_init_error(&mut self, e: ErrorInfo, document: Option<Vec<u8>>) -> bool {
+        let Some(Command::Invoke(invoke, arrived)) = self.commands.recv().await else {
+            return false;
+        };
+        self.logs.begin(Some(&invoke.request_id));
+        self.logs.note(&format!(
+            "init failed: {}: {}",
+            e.error_type, e.error_message
+        ));
+        let payload = document.unwrap_or_else(|| {
+            serde_json::json!({
+                "errorMessage": e.error_message,
+                "errorType": e.error_type,
+                "requestId": "",
+                "stackTrace": [],
+            })
+            .to_string()
+            .into_bytes()
+        });
+        let ended = Ended {
+            outcome: Outcome::UnhandledError(e),
+            payload,
+            peak_memory_bytes: None,
+            restart: true,
+        };
+        self.finish(&invoke, arrived, None, ended).await;
+        true
+    }
+
     async fn invoke_provided(&mut self, p: &mut Process, inv: &Invoke, arrived: Instant) -> Ended {
         let budget = Duration::from_millis(inv.timeout_ms);
         let deadline = arrived + budget;
@@ -200,6 +253,11 @@ impl Supervisor {
             answer = answer => match answer {
                 Ok(Completion::Response(body)) => (Outcome::Ok, body, false),
                 Ok(Completion::Error(info, body)) if info.error_type.starts_with("Runtime.") => {
+                    (Outcome::UnhandledError(info), body, false)
+                }
+                // Lambda's managed runtimes report every function error
+                // as unhandled.
+                Ok(Completion::Error(info, body)) if self.launcher.config.runtime.is_managed() => {
                     (Outcome::UnhandledError(info), body, false)
                 }
                 Ok(Completion::Error(info, body)) => (Outcome::HandledError(info), body, false),

@@ -12,6 +12,9 @@
 //! kernel = "/path/vmlinux"        # default: `images/build --print-paths`
 //! initramfs = "/path/initramfs"
 //! vmm = "/path/ember-vmm"          # default: next to this binary, else on PATH
+//! [guest.runtimes]                  # default: `images/build --print-paths`
+//! "python3.13" = "/path/runtime-python3.13.ext4"
+//! "nodejs20.x" = "/path/runtime-nodejs20.x.ext4"
 //! [timing]
 //! keep_alive_secs = 300
 //! queue_wait_ms = 1000
@@ -125,6 +128,9 @@ pub struct GuestFile {
     pub initramfs: Option<PathBuf>,
     /// The `ember-vmm` binary.
     pub vmm: Option<PathBuf>,
+    /// Managed runtimes' images by name (see [`crate::runtimes`]).
+    #[serde(default)]
+    pub runtimes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Timing section of the file.
@@ -201,6 +207,8 @@ pub struct ServeConfig {
     pub kernel: PathBuf,
     /// Guest initramfs.
     pub initramfs: PathBuf,
+    /// Managed runtimes' images.
+    pub runtime_images: crate::runtimes::RuntimeImages,
     /// The `ember-vmm` binary.
     pub vmm: PathBuf,
     /// Idle VM keep-alive.

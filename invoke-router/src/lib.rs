@@ -9,6 +9,7 @@ pub mod dispatch; // the data plane: slots, assignment, placement, counting
 pub mod events; // durable Event-invocation queue
 pub mod metrics; // Prometheus metrics
 pub mod registry; // SQLite registry of functions and invocation logs
+pub mod runtimes; // runtime names and the managed runtimes' images
 pub mod server; // accept loop and graceful shutdown
 pub mod sigv4; // AWS Signature Version 4
 pub mod timefmt; // AWS timestamp formats

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use ember_invoke_router::config::{self, defaults, ConfigFile, ServeConfig, TenantConfig};
-use ember_invoke_router::server;
+use ember_invoke_router::{runtimes, server};
 
 mod up;
 
@@ -65,6 +65,10 @@ struct ServeArgs {
     /// Guest initramfs [default: `images/build --print-paths`].
     #[arg(long)]
     initramfs: Option<PathBuf>,
+    /// A managed runtime's image, NAME=PATH (repeatable) [default: the
+    /// config file's [guest.runtimes], else `images/build --print-paths`].
+    #[arg(long = "runtime-image", value_parser = runtimes::parse_flag)]
+    runtime_images: Vec<(String, PathBuf)>,
     /// The ember-vmm binary [default: next to this one, else on PATH].
     #[arg(long)]
     vmm: Option<PathBuf>,
@@ -106,6 +110,7 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, config::ConfigError> {
     tenants.extend(args.tenants);
     let kernel = args.kernel.or(file.guest.kernel);
     let initramfs = args.initramfs.or(file.guest.initramfs);
+    let guest_defaulted = kernel.is_none() || initramfs.is_none();
     let (kernel, initramfs) = match (kernel, initramfs) {
         (Some(k), Some(i)) => (k, i),
         (k, i) => {
@@ -113,6 +118,11 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, config::ConfigError> {
             (k.unwrap_or(dk), i.unwrap_or(di))
         }
     };
+    let runtime_images = runtimes::RuntimeImages::resolve(
+        &file.guest.runtimes,
+        &args.runtime_images,
+        guest_defaulted,
+    )?;
     for (what, p) in [("kernel", &kernel), ("initramfs", &initramfs)] {
         if !p.is_file() {
             return Err(config::ConfigError::Invalid(format!(
@@ -146,6 +156,7 @@ fn resolve(args: ServeArgs) -> Result<ServeConfig, config::ConfigError> {
             .unwrap_or(defaults::CAPACITY_VCPUS),
         kernel,
         initramfs,
+        runtime_images,
         vmm: args
             .vmm
             .or(file.guest.vmm)

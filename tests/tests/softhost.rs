@@ -147,7 +147,11 @@ fn two_hung_boots_fail_with_their_logs() {
     for log in logs.split(' ') {
         assert!(std::path::Path::new(log).is_file(), "{log} kept:\n{out}");
     }
-    if let Some(dir) = logs.split(' ').next().and_then(|l| std::path::Path::new(l).parent()) {
+    if let Some(dir) = logs
+        .split(' ')
+        .next()
+        .and_then(|l| std::path::Path::new(l).parent())
+    {
         let _ = std::fs::remove_dir_all(dir);
     }
     assert!(

@@ -75,6 +75,8 @@ pub struct AppState {
     pub events: Arc<EventQueue>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Managed runtimes' images.
+    pub runtime_images: crate::runtimes::RuntimeImages,
     /// Serializes changes to functions, so that code garbage collection
     /// never races a create or update storing the same code.
     pub changes: Mutex<()>,
@@ -111,6 +113,7 @@ impl AppState {
             dispatcher,
             events,
             metrics,
+            runtime_images: config.runtime_images.clone(),
             changes: Mutex::new(()),
         }
     }
@@ -125,11 +128,7 @@ impl AppState {
 
     /// What the data plane needs to run a stored function.
     pub fn spec(&self, tenant: &Tenant, rec: &FunctionRecord) -> Arc<FunctionSpec> {
-        let runtime = if rec.runtime == "exec" {
-            ember_protocol::RuntimeKind::Exec
-        } else {
-            ember_protocol::RuntimeKind::Provided
-        };
+        let runtime = crate::runtimes::kind(&rec.runtime);
         Arc::new(FunctionSpec {
             tenant: rec.tenant.clone(),
             name: rec.name.clone(),
@@ -137,6 +136,7 @@ impl AppState {
             revision: rec.revision_id.clone(),
             code_image: self.code.image_path(&rec.code_sha256_hex),
             runtime,
+            runtime_image: self.runtime_images.image(runtime).map(Into::into),
             handler: rec.handler.clone(),
             env: rec
                 .env

@@ -8,8 +8,15 @@ use serde::{Deserialize, Serialize};
 use super::error::ApiError;
 use crate::registry::FunctionRecord;
 
-/// Runtimes we run: Lambda's OS-only runtimes and Ember's `exec`.
-pub const RUNTIMES: [&str; 3] = ["provided.al2023", "provided", "exec"];
+/// Runtimes we run: Lambda's OS-only runtimes, its managed runtimes whose
+/// image we build (`crate::runtimes`), and Ember's `exec`.
+pub const RUNTIMES: [&str; 5] = [
+    "provided.al2023",
+    "provided",
+    "python3.13",
+    "nodejs20.x",
+    "exec",
+];
 /// MemorySize range in MiB.
 pub const MEMORY_RANGE: std::ops::RangeInclusive<i64> = 128..=10240;
 /// Timeout range in seconds.

@@ -53,6 +53,9 @@ pub struct FunctionSpec {
     pub code_image: PathBuf,
     /// Which runtime runs the handler.
     pub runtime: ember_protocol::RuntimeKind,
+    /// A managed runtime's root file system (the VM's second, read-only
+    /// drive); `None` for the others, or when this router has none.
+    pub runtime_image: Option<PathBuf>,
     /// The handler.
     pub handler: String,
     /// The function's environment variables.

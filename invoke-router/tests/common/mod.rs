@@ -39,6 +39,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         capacity_vcpus: 2,
         kernel: dummy.clone(),
         initramfs: dummy.clone(),
+        runtime_images: Default::default(),
         vmm: PathBuf::from("/nonexistent/ember-vmm"),
         keep_alive: Duration::from_secs(60),
         queue_wait: Duration::from_millis(100),

@@ -128,6 +128,7 @@ impl Env {
             revision: "r1".into(),
             code_image: code,
             runtime: RuntimeKind::Exec,
+            runtime_image: None,
             handler: handler.into(),
             env: vec![("GREETING".into(), "hi".into())],
             memory_mib: 128,
