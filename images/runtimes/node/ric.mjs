@@ -145,7 +145,8 @@ async function importFile(file) {
 /** Loads the module as Lambda does; returns its exports. */
 async function loadModule(moduleRoot, name) {
   const base = path.resolve(TASK_ROOT, moduleRoot, name);
-  const requireHere = createRequire(path.join(TASK_ROOT, "index.js"));
+  // Anchored where Lambda's own client lives, so messages read as there.
+  const requireHere = createRequire("/var/runtime/index.mjs");
   try {
     if (isFile(base)) return requireHere(base);
     if (isFile(base + ".js")) {
