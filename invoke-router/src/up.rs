@@ -259,8 +259,7 @@ fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, St
         for (name, image) in runtimes.iter() {
             cmd.args(["--put", &put(image, &format!("runtime-{name}.ext4"))]);
         }
-        cmd
-            .args(["--env", "PATH=/work/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+        cmd.args(["--env", "PATH=/work/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
             .arg("--")
             .args(["./ember-invoke-router", "serve", "--listen"])
             .arg(format!("0.0.0.0:{}", args.port))
