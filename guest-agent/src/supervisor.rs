@@ -129,6 +129,16 @@ impl Supervisor {
                 p.drain_output(DRAIN).await;
                 self.api.take_init_error().unwrap_or_else(|| init_exit_error(exit.info))
             }
+            _ = tokio::time::sleep(limit), if self.launcher.config.runtime.is_managed() => {
+                // As Lambda does for an on-demand function: an init that
+                // outlasts the init limit goes on within the first
+                // invocation, bounded by that invocation's timeout.
+                self.logs.note(&format!(
+                    "init still running after {} ms; it continues within the first invocation",
+                    limit.as_millis()
+                ));
+                return Ok((p, started.elapsed()));
+            }
             _ = tokio::time::sleep(limit) => ErrorInfo {
                 error_type: "Runtime.InitTimeout".into(),
                 error_message: format!("runtime did not ask for an event within {} ms", limit.as_millis()),
@@ -149,6 +159,7 @@ impl Supervisor {
                     // with the init error, and init is tried again for the
                     // next one.
                     self.logs.note(&format!("init failed: {}", e.error_message));
+                    let init_output = self.logs.finish();
                     let document = self.api.init_document();
                     if first {
                         self.send(Message::Ready(Ready {
@@ -157,7 +168,7 @@ impl Supervisor {
                         .await;
                         first = false;
                     }
-                    if self.answer_init_error(e, document).await {
+                    if self.answer_init_error(e, document, &init_output).await {
                         continue;
                     }
                     return;
@@ -206,15 +217,19 @@ impl Supervisor {
     /// Waits for the next invocation and answers it with a managed
     /// runtime's init error (its posted document, else Lambda's shape of
     /// one); false when told to stop instead.
-    async fn answer_init_error(&mut self, e: ErrorInfo, document: Option<Vec<u8>>) -> bool {
+    /// The init's output leads the invocation's log tail, as on Lambda.
+    async fn answer_init_error(
+        &mut self,
+        e: ErrorInfo,
+        document: Option<Vec<u8>>,
+        init_output: &[u8],
+    ) -> bool {
         let Some(Command::Invoke(invoke, arrived)) = self.commands.recv().await else {
             return false;
         };
         self.logs.begin(Some(&invoke.request_id));
-        self.logs.note(&format!(
-            "init failed: {}: {}",
-            e.error_type, e.error_message
-        ));
+        self.logs
+            .write(ember_protocol::LogStream::Stderr, init_output);
         let payload = document.unwrap_or_else(|| {
             serde_json::json!({
                 "errorMessage": e.error_message,
@@ -275,7 +290,15 @@ impl Supervisor {
             exit = p.wait() => {
                 p.drain_output(DRAIN).await;
                 self.logs.note(&format!("runtime exited during {} ({})", inv.request_id, describe(exit.info)));
-                (Outcome::RuntimeExit(exit.info), Vec::new(), true)
+                match self.api.take_init_error() {
+                    // A managed runtime whose init went on into this
+                    // invocation and failed: its init error answers it.
+                    Some(e) if self.launcher.config.runtime.is_managed() => {
+                        let doc = self.api.init_document().unwrap_or_default();
+                        (Outcome::UnhandledError(e), doc, true)
+                    }
+                    _ => (Outcome::RuntimeExit(exit.info), Vec::new(), true),
+                }
             }
         };
         self.api.withdraw();
