@@ -157,13 +157,24 @@ impl Platform {
     /// Invokes `name` with `payload`, asking for the log tail.
     fn invoke(&self, name: &str, payload: &Value) -> Reply {
         let uri = format!("/2015-03-31/functions/{name}/invocations");
+        let started = Instant::now();
+        let r = self.invoke_at(&uri, payload);
+        eprintln!(
+            "invoke {name} {payload}: {} ms (cold start: {})",
+            started.elapsed().as_millis(),
+            r.header("x-ember-cold-start").unwrap_or("?")
+        );
+        r
+    }
+
+    fn invoke_at(&self, uri: &str, payload: &Value) -> Reply {
         self.call(
             "POST",
-            &uri,
+            uri,
             payload.to_string().as_bytes(),
             &[("x-amz-log-type", "Tail")],
         )
-        .unwrap_or_else(|e| panic!("invoke {name}: {e}"))
+        .unwrap_or_else(|e| panic!("POST {uri}: {e}"))
     }
 
     fn stop(&mut self) -> Finished {
@@ -360,12 +371,14 @@ fn node_zip() -> String {
 }
 
 fn python_cases(p: &Platform) {
+    // 20 s: in the soft host the first invocation may include the rest of
+    // an init that outlasted the 10 s init limit (as on Lambda).
     p.create(
         "py",
         "python3.13",
         "lambda_function.lambda_handler",
         &python_zip(),
-        3,
+        20,
     );
     let first = p.invoke("py", &json!({"name": "ada"}));
     let v = ok(&first);
@@ -377,7 +390,7 @@ fn python_cases(p: &Platform) {
     assert!(v["arn"].as_str().unwrap().ends_with(":function:py"), "{v}");
     assert_eq!(v["request_id"], first.header("x-amzn-requestid").unwrap());
     let remaining = v["remaining"].as_i64().unwrap();
-    assert!((1..=3000).contains(&remaining), "{v}");
+    assert!((1..=20_000).contains(&remaining), "{v}");
     assert_eq!(v["log_group"], "/aws/lambda/py");
     assert!(
         v["log_stream"].as_str().unwrap().contains("/[$LATEST]"),
@@ -432,13 +445,13 @@ fn python_cases(p: &Platform) {
     assert_eq!(ok(&p.invoke("py", &json!({})))["count"], 4);
 
     // A timeout recycles the runtime: module state starts over.
-    let timed_out = p.invoke("py", &json!({"sleep": 6}));
+    let timed_out = p.invoke("py", &json!({"sleep": 25}));
     let doc = unhandled(&timed_out, "Sandbox.Timedout");
     assert!(
         doc["errorMessage"]
             .as_str()
             .unwrap()
-            .contains("Task timed out after 3.00 seconds"),
+            .contains("Task timed out after 20.00 seconds"),
         "{doc}"
     );
     let after = p.invoke("py", &json!({}));
@@ -450,7 +463,7 @@ fn python_cases(p: &Platform) {
         "python3.13",
         "src/app.handler",
         &python_zip(),
-        3,
+        60,
     );
     assert_eq!(
         ok(&p.invoke("py-nested", &json!({}))),
@@ -461,7 +474,7 @@ fn python_cases(p: &Platform) {
         "python3.13",
         "missing.handler",
         &python_zip(),
-        3,
+        60,
     );
     let r = p.invoke("py-nomodule", &json!({}));
     let doc = unhandled(&r, "Runtime.ImportModuleError");
@@ -474,7 +487,7 @@ fn python_cases(p: &Platform) {
         "python3.13",
         "lambda_function.nothere",
         &python_zip(),
-        3,
+        60,
     );
     let r = p.invoke("py-nohandler", &json!({}));
     let doc = unhandled(&r, "Runtime.HandlerNotFound");
@@ -486,7 +499,7 @@ fn python_cases(p: &Platform) {
 
 fn node_cases(p: &Platform) {
     let zip = node_zip();
-    p.create("js", "nodejs20.x", "index.handler", &zip, 3);
+    p.create("js", "nodejs20.x", "index.handler", &zip, 60);
     let first = p.invoke("js", &json!({"name": "ada"}));
     let v = ok(&first);
     assert_eq!(v["count"], 1, "{v}");
@@ -496,7 +509,7 @@ fn node_cases(p: &Platform) {
     assert_eq!(v["memory"], "128");
     assert!(v["arn"].as_str().unwrap().ends_with(":function:js"), "{v}");
     assert!(
-        (1..=3000).contains(&v["remaining"].as_i64().unwrap()),
+        (1..=60_000).contains(&v["remaining"].as_i64().unwrap()),
         "{v}"
     );
     assert_eq!(v["logGroup"], "/aws/lambda/js");
@@ -560,10 +573,10 @@ fn node_cases(p: &Platform) {
         ),
         ("js-promise", "promise.handler", json!({"kind": "promise"})),
     ] {
-        p.create(name, "nodejs20.x", handler, &zip, 3);
+        p.create(name, "nodejs20.x", handler, &zip, 60);
         assert_eq!(ok(&p.invoke(name, &json!({"a": 1}))), expect, "{name}");
     }
-    p.create("js-nomodule", "nodejs20.x", "missing.handler", &zip, 3);
+    p.create("js-nomodule", "nodejs20.x", "missing.handler", &zip, 60);
     let doc = unhandled(
         &p.invoke("js-nomodule", &json!({})),
         "Runtime.ImportModuleError",
@@ -575,7 +588,7 @@ fn node_cases(p: &Platform) {
             .contains("Cannot find module"),
         "{doc}"
     );
-    p.create("js-nohandler", "nodejs20.x", "index.nothere", &zip, 3);
+    p.create("js-nohandler", "nodejs20.x", "index.nothere", &zip, 60);
     let doc = unhandled(
         &p.invoke("js-nohandler", &json!({})),
         "Runtime.HandlerNotFound",
