@@ -624,7 +624,8 @@ functions = {
 }
 for name, (runtime, handler, files) in functions.items():
     client.create_function(FunctionName=name, Runtime=runtime, Handler=handler,
-                           Role="arn:aws:iam::123456789012:role/ember", Code={"ZipFile": zipped(files)})
+                           Role="arn:aws:iam::123456789012:role/ember", Code={"ZipFile": zipped(files)},
+                           Timeout=60)
     r = client.invoke(FunctionName=name, Payload=json.dumps({"who": "boto3"}), LogType="Tail")
     body = json.loads(r["Payload"].read())
     log = base64.b64decode(r["LogResult"]).decode()
