@@ -129,20 +129,22 @@ impl Supervisor {
                 p.drain_output(DRAIN).await;
                 self.api.take_init_error().unwrap_or_else(|| init_exit_error(exit.info))
             }
-            _ = tokio::time::sleep(limit), if self.launcher.config.runtime.is_managed() => {
-                // As Lambda does for an on-demand function: an init that
-                // outlasts the init limit goes on within the first
-                // invocation, bounded by that invocation's timeout.
-                self.logs.note(&format!(
-                    "init still running after {} ms; it continues within the first invocation",
-                    limit.as_millis()
-                ));
-                return Ok((p, started.elapsed()));
+            _ = tokio::time::sleep(limit) => {
+                if self.launcher.config.runtime.is_managed() {
+                    // As Lambda does for an on-demand function: an init that
+                    // outlasts the init limit goes on within the first
+                    // invocation, bounded by that invocation's timeout.
+                    self.logs.note(&format!(
+                        "init still running after {} ms; it continues within the first invocation",
+                        limit.as_millis()
+                    ));
+                    return Ok((p, started.elapsed()));
+                }
+                ErrorInfo {
+                    error_type: "Runtime.InitTimeout".into(),
+                    error_message: format!("runtime did not ask for an event within {} ms", limit.as_millis()),
+                }
             }
-            _ = tokio::time::sleep(limit) => ErrorInfo {
-                error_type: "Runtime.InitTimeout".into(),
-                error_message: format!("runtime did not ask for an event within {} ms", limit.as_millis()),
-            },
         };
         self.kill(&p);
         Err(failure)
