@@ -7,6 +7,16 @@
 //! so equal uploads share them; a store either completes both renames or
 //! leaves nothing but a `tmp/` entry that is removed.
 //!
+//! Durability: both files are written and fsynced under `tmp/`, renamed into
+//! place (the image last) and their directories fsynced before `store`
+//! returns, so a registry row committed afterwards never points at code a
+//! crash can take away. [`CodeStore::contains`] checks what it finds (the
+//! zip's SHA-256, the image's ext4 superblock and size) rather than trusting
+//! a name, and [`CodeStore::sweep`] removes at start what no function uses
+//! (code stored by an upload whose registry commit never happened). The
+//! store's directories are 0700; zips are 0400 and images 0444 (a jailed
+//! VMM reads them), none writable.
+//!
 //! Modes: Lambda keeps the modes a zip records, so a `bootstrap` without an
 //! execute bit fails to start there too. We keep the execute bit and make
 //! everything world-readable, because the handler runs as an unprivileged user
@@ -22,6 +32,8 @@ use std::process::Command;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
+
+use crate::durable;
 
 /// Largest zip accepted (Lambda: 50 MiB for a direct upload).
 pub const MAX_ZIP_LEN: usize = 50 * 1024 * 1024;
@@ -79,8 +91,9 @@ impl CodeStore {
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
         }
+        durable::private_dir(&root)?;
         for d in ["zips", "images", "tmp"] {
-            fs::create_dir_all(root.join(d))?;
+            durable::private_dir(&root.join(d))?;
         }
         Ok(Self { root })
     }
@@ -94,34 +107,103 @@ impl CodeStore {
         self.root.join("zips").join(format!("{sha256_hex}.zip"))
     }
 
-    /// Whether a code version is stored.
+    /// Whether a code version is stored whole: its zip hashes to its name
+    /// and its image is a complete ext4 file system.
     pub fn contains(&self, sha256_hex: &str) -> bool {
-        self.image_path(sha256_hex).is_file() && self.zip_path(sha256_hex).is_file()
+        self.check(sha256_hex).is_ok()
+    }
+
+    /// What is wrong with a stored code version, if anything.
+    pub fn check(&self, sha256_hex: &str) -> Result<(), String> {
+        let zip = self.zip_path(sha256_hex);
+        let digest = hash_file(&zip).map_err(|e| format!("{}: {e}", zip.display()))?;
+        if hex::encode(digest) != sha256_hex {
+            return Err(format!("{} does not hash to its name", zip.display()));
+        }
+        self.check_image(sha256_hex)
+    }
+
+    /// What is wrong with a stored version's image, if anything (quick: its
+    /// superblock and size, not its content).
+    pub fn check_image(&self, sha256_hex: &str) -> Result<(), String> {
+        let image = self.image_path(sha256_hex);
+        check_ext4(&image).map_err(|e| format!("{}: {e}", image.display()))
+    }
+
+    /// Removes every stored version not in `keep`, and anything else in
+    /// the store's directories that is no stored version at all, and sets
+    /// the modes of what stays. For the start, before any upload runs.
+    /// Returns what went.
+    pub fn sweep(&self, keep: &std::collections::HashSet<String>) -> io::Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for (dir, ext) in [("zips", "zip"), ("images", "ext4")] {
+            let dir = self.root.join(dir);
+            for entry in fs::read_dir(&dir)? {
+                let path = entry?.path();
+                let key = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(&format!(".{ext}")))
+                    .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()));
+                if key.is_some_and(|k| keep.contains(k)) {
+                    // Older versions left zips 0444.
+                    durable::set_mode(&path, if ext == "zip" { 0o400 } else { 0o444 })?;
+                    continue;
+                }
+                let gone = if fs::symlink_metadata(&path)?.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                gone?;
+                removed.push(path);
+            }
+            durable::sync_dir(&dir)?;
+        }
+        Ok(removed)
     }
 
     /// Validates `zip`, unpacks it and builds its image (blocking: runs
     /// `mkfs.ext4`). Equal zips are stored once.
     pub fn store(&self, zip: &[u8]) -> Result<StoredCode, CodeError> {
+        let stored = self.describe(zip)?;
+        self.put(zip, &stored)?;
+        Ok(stored)
+    }
+
+    /// What storing `zip` will give (its hashes, size and image path),
+    /// without storing it; refuses a zip over [`MAX_ZIP_LEN`].
+    pub fn describe(&self, zip: &[u8]) -> Result<StoredCode, CodeError> {
         if zip.len() > MAX_ZIP_LEN {
             return Err(invalid(format!(
                 "Zipped size must be smaller than {MAX_ZIP_LEN} bytes"
             )));
         }
         let digest = Sha256::digest(zip);
-        let stored = StoredCode {
+        Ok(StoredCode {
             sha256_hex: hex::encode(digest),
             sha256_base64: base64::engine::general_purpose::STANDARD.encode(digest),
             size: zip.len() as u64,
             image: self.image_path(&hex::encode(digest)),
-        };
-        if self.contains(&stored.sha256_hex) {
-            return Ok(stored);
+        })
+    }
+
+    /// Stores `zip` as `stored` (from [`CodeStore::describe`] of the same
+    /// zip) unless it is stored whole already.
+    pub fn put(&self, zip: &[u8], stored: &StoredCode) -> Result<(), CodeError> {
+        match self.check(&stored.sha256_hex) {
+            Ok(()) => return Ok(()),
+            // Built again below; the renames replace what is there.
+            Err(why) if self.zip_path(&stored.sha256_hex).exists() => {
+                tracing::warn!("stored code is damaged, storing it again: {why}");
+            }
+            Err(_) => {}
         }
         let work = self.root.join("tmp").join(uuid::Uuid::new_v4().to_string());
-        let result = self.build(zip, &stored, &work);
+        let result = self.build(zip, stored, &work);
         // Whatever happened, the work dir goes; on success its files were moved out.
         let _ = fs::remove_dir_all(&work);
-        result.map(|()| stored)
+        result
     }
 
     fn build(&self, zip: &[u8], stored: &StoredCode, work: &Path) -> Result<(), CodeError> {
@@ -131,15 +213,20 @@ impl CodeStore {
         let image = work.join("image.ext4");
         make_ext4(&tree, &image, used)?;
         let zip_tmp = work.join("code.zip");
-        fs::write(&zip_tmp, zip).map_err(|e| internal("writing zip", e))?;
-        for f in [&image, &zip_tmp] {
-            fs::set_permissions(f, fs::Permissions::from_mode(0o444))
-                .map_err(|e| internal("setting modes", e))?;
+        write_synced(&zip_tmp, zip).map_err(|e| internal("writing zip", e))?;
+        fs::File::open(&image)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| internal("syncing image", e))?;
+        for (f, mode) in [(&image, 0o444), (&zip_tmp, 0o400)] {
+            durable::set_mode(f, mode).map_err(|e| internal("setting modes", e))?;
         }
         // The image goes in last: `contains` needs both.
         fs::rename(&zip_tmp, self.zip_path(&stored.sha256_hex))
             .map_err(|e| internal("storing zip", e))?;
         fs::rename(&image, &stored.image).map_err(|e| internal("storing image", e))?;
+        for d in ["zips", "images"] {
+            durable::sync_dir(&self.root.join(d)).map_err(|e| internal("syncing code dir", e))?;
+        }
         Ok(())
     }
 
@@ -148,6 +235,58 @@ impl CodeStore {
         let _ = fs::remove_file(self.image_path(sha256_hex));
         let _ = fs::remove_file(self.zip_path(sha256_hex));
     }
+}
+
+/// Writes `bytes` to a new file and fsyncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = durable::create_file(path, durable::FILE_MODE)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// SHA-256 of a file's content.
+fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Checks that `path` holds a whole ext4 file system: the superblock's
+/// magic, and a file exactly as long as the blocks the superblock counts.
+fn check_ext4(path: &Path) -> Result<(), String> {
+    const SB: usize = 1024;
+    let mut f = fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut sb = [0u8; 1024];
+    f.read_exact(&mut [0u8; SB])
+        .and_then(|()| f.read_exact(&mut sb))
+        .map_err(|_| format!("too short for an ext4 superblock ({len} bytes)"))?;
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    if u16::from_le_bytes([sb[56], sb[57]]) != 0xEF53 {
+        return Err("no ext4 superblock".into());
+    }
+    let log_block = u32_at(24);
+    if log_block > 6 {
+        return Err(format!("bad block size (log {log_block})"));
+    }
+    let block = 1024u64 << log_block;
+    let mut blocks = u64::from(u32_at(4));
+    if u32_at(96) & 0x80 != 0 {
+        blocks |= u64::from(u32_at(0x150)) << 32;
+    }
+    if blocks.checked_mul(block) != Some(len) {
+        return Err(format!(
+            "{len} bytes, but its superblock counts {blocks} blocks of {block}"
+        ));
+    }
+    Ok(())
 }
 
 const CORRUPT: &str =

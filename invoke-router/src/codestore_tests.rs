@@ -158,3 +158,80 @@ fn the_unzipped_limit_counts_real_bytes() {
     assert_eq!(copy_limited(&mut src, &mut sink, 100).unwrap(), 100);
     drop(tree);
 }
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Overwrites a stored (read-only) file with `bytes`.
+fn damage(p: &Path, bytes: &[u8]) {
+    durable::set_mode(p, 0o600).unwrap();
+    fs::write(p, bytes).unwrap();
+}
+
+#[test]
+fn contains_checks_what_it_finds_and_store_repairs_it() {
+    let data = tempfile::tempdir().unwrap();
+    let store = CodeStore::open(data.path()).unwrap();
+    for d in ["code", "code/zips", "code/images", "code/tmp"] {
+        assert_eq!(mode(&data.path().join(d)), 0o700, "{d}");
+    }
+    let zip = make_zip(&[Entry::File("bootstrap", &[5u8; 300_000], 0o755)]);
+    let stored = store.store(&zip).unwrap();
+    assert_eq!(mode(&store.zip_path(&stored.sha256_hex)), 0o400);
+    assert!(store.contains(&stored.sha256_hex));
+    let image = fs::read(&stored.image).unwrap();
+
+    // A truncated image (a copy cut short, a disk that lost its tail).
+    damage(&stored.image, &image[..image.len() / 2]);
+    let why = store.check(&stored.sha256_hex).unwrap_err();
+    assert!(why.contains("superblock counts"), "{why}");
+    assert!(store.store(&zip).is_ok());
+    assert!(store.contains(&stored.sha256_hex));
+    assert_eq!(fs::read(&stored.image).unwrap().len(), image.len());
+
+    // An image that is no file system at all.
+    damage(&stored.image, &vec![0u8; image.len()]);
+    assert!(store
+        .check(&stored.sha256_hex)
+        .unwrap_err()
+        .contains("no ext4"));
+    // A zip whose content is not what its name says (same size).
+    store.store(&zip).unwrap();
+    let mut bad = zip.clone();
+    bad[10] ^= 0xff;
+    damage(&store.zip_path(&stored.sha256_hex), &bad);
+    assert!(!store.contains(&stored.sha256_hex));
+    // A missing image.
+    store.store(&zip).unwrap();
+    fs::remove_file(&stored.image).unwrap();
+    assert!(!store.contains(&stored.sha256_hex));
+    assert_eq!(store.store(&zip).unwrap(), stored);
+    assert!(store.contains(&stored.sha256_hex));
+    assert_eq!(fs::read(store.zip_path(&stored.sha256_hex)).unwrap(), zip);
+}
+
+#[test]
+fn sweep_keeps_used_code_and_removes_the_rest() {
+    let data = tempfile::tempdir().unwrap();
+    let store = CodeStore::open(data.path()).unwrap();
+    let used = store
+        .store(&make_zip(&[Entry::File("a", b"used", 0o644)]))
+        .unwrap();
+    let orphan = store
+        .store(&make_zip(&[Entry::File("a", b"orphan", 0o644)]))
+        .unwrap();
+    let junk = data.path().join("code/images/partial.ext4.tmp");
+    fs::write(&junk, b"x").unwrap();
+    fs::create_dir(data.path().join("code/zips/stray")).unwrap();
+    durable::set_mode(&store.zip_path(&used.sha256_hex), 0o444).unwrap();
+    let keep = std::collections::HashSet::from([used.sha256_hex.clone()]);
+    let removed = store.sweep(&keep).unwrap();
+    assert_eq!(removed.len(), 4, "{removed:?}");
+    assert!(store.contains(&used.sha256_hex));
+    assert_eq!(mode(&store.zip_path(&used.sha256_hex)), 0o400);
+    assert!(!orphan.image.exists());
+    assert!(!store.zip_path(&orphan.sha256_hex).exists());
+    assert!(!junk.exists());
+    assert!(!data.path().join("code/zips/stray").exists());
+}

@@ -1,5 +1,15 @@
-//! The router's settings: a config file (TOML, or JSON by its `.json`
-//! extension) and command-line flags on top of it.
+//! The router's settings, one path from what the operator wrote to the
+//! live objects: the config file ([`ConfigFile`], TOML, or JSON by its
+//! `.json` extension), command-line flags on top ([`ServeFlags`]), the
+//! environment for what must stay off argv (`EMBER_TENANTS_FILE`), and
+//! defaults for the rest. [`ServeConfig::resolve`] builds the resolved
+//! tree once; `server.rs` hands its parts down as they are (the
+//! dispatcher takes capacity, guest and timing, placement the guest part,
+//! the event queue its part, the API the tenants).
+//!
+//! Adding a setting: give its concern a struct of its own (in its own file
+//! under `config/` when it grows), add ONE field for it to [`ConfigFile`]
+//! and to [`ServeConfig`], and resolve it in [`ServeConfig::resolve`].
 //!
 //! ```toml
 //! listen = "127.0.0.1:9000"
@@ -12,7 +22,7 @@
 //! kernel = "/path/vmlinux"        # default: `images/build --print-paths`
 //! initramfs = "/path/initramfs"
 //! vmm = "/path/ember-vmm"          # default: next to this binary, else on PATH
-//! [guest.runtimes]                  # default: `images/build --print-paths`
+//! [guest.runtimes]                  # managed runtimes' images; default: `images/build --print-paths`
 //! "python3.13" = "/path/runtime-python3.13.ext4"
 //! "nodejs20.x" = "/path/runtime-nodejs20.x.ext4"
 //! [timing]
@@ -20,19 +30,36 @@
 //! queue_wait_ms = 1000
 //! health_interval_secs = 30
 //! shutdown_grace_secs = 30
+//! [events]
+//! workers = 32                     # Event attempts running at once, all tenants
+//! workers_per_tenant = 8           # ... of which one tenant may hold at most this many
+//! keep_finished = 10000            # finished events kept (oldest pruned first)
 //! [[tenants]]
 //! id = "acme"
 //! account_id = "123456789012"     # optional: derived from the id
 //! concurrency = 100
+//! quotas = { max_functions = 1000, max_code_bytes = 75000000000, max_pending_events = 10000 }
 //! keys = [{ access_key_id = "AKIA...", secret_access_key = "..." }]
 //! ```
+//!
+//! Tenants (they hold secrets) may also come from `--tenants-file FILE`
+//! (repeatable) or the file named by `EMBER_TENANTS_FILE`: `[[tenants]]`
+//! entries as above, added to the config file's.
+
+mod tenants;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+
+pub use tenants::{derived_account_id, load_tenants_file, KeyPair, Quotas, TenantConfig};
+
+/// The environment variable naming a tenants file (used when no
+/// `--tenants-file` is given).
+pub const TENANTS_FILE_ENV: &str = "EMBER_TENANTS_FILE";
 
 /// Why the settings are unusable.
 #[derive(Debug, thiserror::Error)]
@@ -58,56 +85,6 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// One access key pair of a tenant.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct KeyPair {
-    /// The access key id clients send in their credential scope.
-    pub access_key_id: String,
-    /// The secret they sign with.
-    pub secret_access_key: String,
-}
-
-/// A tenant: its functions are its own; its keys authenticate it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TenantConfig {
-    /// The tenant's id (letters, digits, `-`, `_`; at most 64).
-    pub id: String,
-    /// The 12-digit account id in its ARNs; derived from `id` if absent.
-    #[serde(default)]
-    pub account_id: Option<String>,
-    /// Concurrent invocations the tenant may run.
-    #[serde(default = "default_tenant_concurrency")]
-    pub concurrency: u32,
-    /// Its access keys.
-    pub keys: Vec<KeyPair>,
-}
-
-impl TenantConfig {
-    /// The account id in the tenant's ARNs.
-    pub fn account(&self) -> String {
-        match &self.account_id {
-            Some(a) => a.clone(),
-            None => derived_account_id(&self.id),
-        }
-    }
-}
-
-/// A stable 12-digit account id for a tenant id.
-pub fn derived_account_id(tenant: &str) -> String {
-    let digest = Sha256::digest(tenant.as_bytes());
-    let mut n = 0u64;
-    for b in &digest[..8] {
-        n = (n << 8) | u64::from(*b);
-    }
-    format!("{:012}", n % 1_000_000_000_000)
-}
-
-fn default_tenant_concurrency() -> u32 {
-    1000
-}
-
 /// Capacity section of the file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,7 +105,7 @@ pub struct GuestFile {
     pub initramfs: Option<PathBuf>,
     /// The `ember-vmm` binary.
     pub vmm: Option<PathBuf>,
-    /// Managed runtimes' images by name (see [`crate::runtimes`]).
+    /// Managed runtimes' images by name (see [`crate::runtime_images`]).
     #[serde(default)]
     pub runtimes: std::collections::BTreeMap<String, PathBuf>,
 }
@@ -166,31 +143,164 @@ pub struct ConfigFile {
     /// Timeouts and intervals.
     #[serde(default)]
     pub timing: TimingFile,
+    /// Event processing (every field defaults on its own).
+    #[serde(default)]
+    pub events: EventSettings,
     /// Tenants.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
 }
 
+/// Reads a TOML file, or JSON when the name ends in `.json`.
+fn parse_file<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let parsed = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| e.to_string())
+    } else {
+        toml::from_str(&text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|message| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
 impl ConfigFile {
     /// Reads a TOML file, or JSON when the name ends in `.json`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let parsed = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| e.to_string())
-        } else {
-            toml::from_str(&text).map_err(|e| e.to_string())
-        };
-        parsed.map_err(|message| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        })
+        let file: ConfigFile = parse_file(path)?;
+        if !file.tenants.is_empty() {
+            tenants::warn_if_readable_by_others(path);
+        }
+        Ok(file)
     }
 }
 
-/// Everything `serve` needs, resolved and validated.
+/// `serve`'s flags: each overrides its config file field.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeFlags {
+    /// Config file (TOML, or JSON when it ends in .json).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:9000].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (registry, code, images, queue, VM dirs)
+    /// [default: $XDG_DATA_HOME/ember or ~/.local/share/ember].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Total guest memory the router may use, MiB [default: 4096].
+    #[arg(long)]
+    pub capacity_mem_mib: Option<u64>,
+    /// Total guest vCPUs the router may use [default: 8].
+    #[arg(long)]
+    pub capacity_vcpus: Option<u32>,
+    /// Guest kernel [default: `images/build --print-paths`].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs [default: `images/build --print-paths`].
+    #[arg(long)]
+    pub initramfs: Option<PathBuf>,
+    /// The ember-vmm binary [default: next to this one, else on PATH].
+    #[arg(long)]
+    pub vmm: Option<PathBuf>,
+    /// A managed runtime's image, NAME=PATH (repeatable) [default: the
+    /// config file's [guest.runtimes], else `images/build --print-paths`].
+    #[arg(long = "runtime-image", value_parser = crate::runtime_images::parse_flag)]
+    pub runtime_images: Vec<(String, PathBuf)>,
+    /// A file of `[[tenants]]` with their keys (repeatable; adds to the
+    /// config file's tenants) [default: $EMBER_TENANTS_FILE, if set].
+    #[arg(long = "tenants-file")]
+    pub tenants_files: Vec<PathBuf>,
+    /// Region named in ARNs [default: us-east-1].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Idle VMs are stopped after this many seconds [default: 300].
+    #[arg(long)]
+    pub keep_alive_secs: Option<u64>,
+    /// Longest wait for a slot before 429, milliseconds [default: 1000].
+    #[arg(long)]
+    pub queue_wait_ms: Option<u64>,
+    /// Log filter (tracing's EnvFilter syntax) [default: info, or RUST_LOG].
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// Host resources the router's VMs may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacitySettings {
+    /// Guest memory in MiB (VMM overhead included).
+    pub mem_mib: u64,
+    /// vCPUs (one per VM).
+    pub vcpus: u32,
+}
+
+/// What every VM is launched from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestSettings {
+    /// Guest kernel (`vmlinux`).
+    pub kernel: PathBuf,
+    /// Guest initramfs (the agent).
+    pub initramfs: PathBuf,
+    /// The `ember-vmm` binary.
+    pub vmm: PathBuf,
+    /// Managed runtimes' images (a VM's second, read-only drive).
+    pub runtime_images: crate::runtime_images::RuntimeImages,
+}
+
+/// Timeouts and intervals of the data plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimingSettings {
+    /// Idle VMs are stopped after this long unused.
+    pub keep_alive: Duration,
+    /// How long an invocation may wait for a slot or capacity before 429.
+    pub queue_wait: Duration,
+    /// How often idle VMs are pinged.
+    pub health_interval: Duration,
+    /// On shutdown, in-flight invocations get this long to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for TimingSettings {
+    fn default() -> Self {
+        TimingSettings {
+            keep_alive: Duration::from_secs(defaults::KEEP_ALIVE_SECS),
+            queue_wait: Duration::from_millis(defaults::QUEUE_WAIT_MS),
+            health_interval: Duration::from_secs(defaults::HEALTH_INTERVAL_SECS),
+            shutdown_grace: Duration::from_secs(defaults::SHUTDOWN_GRACE_SECS),
+        }
+    }
+}
+
+/// How Event invocations are processed (`[events]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// Attempts running at once, all tenants together.
+    pub workers: usize,
+    /// Attempts one tenant may run at once (its backlog never takes every
+    /// worker).
+    pub workers_per_tenant: usize,
+    /// Finished events kept with their payload and result; the oldest are
+    /// pruned as new ones finish.
+    pub keep_finished: usize,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            workers: 32,
+            workers_per_tenant: 8,
+            keep_finished: 10_000,
+        }
+    }
+}
+
+/// Everything `serve` needs, resolved and validated: built once by
+/// [`ServeConfig::resolve`] and handed down part by part.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     /// Where the API listens (port 0: any free port).
@@ -199,27 +309,15 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Region named in ARNs.
     pub region: String,
-    /// Total guest memory the router may use.
-    pub capacity_mem_mib: u64,
-    /// Total guest vCPUs the router may use.
-    pub capacity_vcpus: u32,
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Guest initramfs.
-    pub initramfs: PathBuf,
-    /// Managed runtimes' images.
-    pub runtime_images: crate::runtimes::RuntimeImages,
-    /// The `ember-vmm` binary.
-    pub vmm: PathBuf,
-    /// Idle VM keep-alive.
-    pub keep_alive: Duration,
-    /// Bounded wait for a slot.
-    pub queue_wait: Duration,
-    /// Health ping interval.
-    pub health_interval: Duration,
-    /// Graceful shutdown bound.
-    pub shutdown_grace: Duration,
-    /// Tenants and their keys.
+    /// Host capacity for VMs.
+    pub capacity: CapacitySettings,
+    /// Guest images and the VMM.
+    pub guest: GuestSettings,
+    /// Timeouts and intervals.
+    pub timing: TimingSettings,
+    /// Event processing.
+    pub events: EventSettings,
+    /// Tenants, their keys, limits and quotas.
     pub tenants: Vec<TenantConfig>,
 }
 
@@ -244,95 +342,166 @@ pub mod defaults {
 }
 
 impl ServeConfig {
+    /// Settings with every default, for `data_dir`, `guest` and `tenants`
+    /// (tests and embedders change what they need).
+    pub fn new(data_dir: PathBuf, guest: GuestSettings, tenants: Vec<TenantConfig>) -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            data_dir,
+            region: defaults::REGION.into(),
+            capacity: CapacitySettings {
+                mem_mib: defaults::CAPACITY_MEM_MIB,
+                vcpus: defaults::CAPACITY_VCPUS,
+            },
+            guest,
+            timing: TimingSettings::default(),
+            events: EventSettings::default(),
+            tenants,
+        }
+    }
+
+    /// Builds the settings from the config file (if `--config` names
+    /// one), the flags on top, and `EMBER_TENANTS_FILE`; checks them.
+    pub fn resolve(flags: &ServeFlags) -> Result<ServeConfig, ConfigError> {
+        let file = match &flags.config {
+            Some(p) => ConfigFile::load(p)?,
+            None => ConfigFile::default(),
+        };
+        let mut tenants = file.tenants;
+        let mut tenant_files = flags.tenants_files.clone();
+        if tenant_files.is_empty() {
+            if let Some(p) = std::env::var_os(TENANTS_FILE_ENV).filter(|p| !p.is_empty()) {
+                tenant_files.push(PathBuf::from(p));
+            }
+        }
+        for p in &tenant_files {
+            tenants.extend(load_tenants_file(p)?);
+        }
+        let guest = resolve_guest(flags, file.guest)?;
+        let t = file.timing;
+        let secs = Duration::from_secs;
+        let cfg = ServeConfig {
+            listen: flags.listen.or(file.listen).unwrap_or_else(|| {
+                defaults::LISTEN
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9000)))
+            }),
+            data_dir: flags
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
+            region: flags
+                .region
+                .clone()
+                .or(file.region)
+                .unwrap_or_else(|| defaults::REGION.into()),
+            capacity: CapacitySettings {
+                mem_mib: flags
+                    .capacity_mem_mib
+                    .or(file.capacity.memory_mib)
+                    .unwrap_or(defaults::CAPACITY_MEM_MIB),
+                vcpus: flags
+                    .capacity_vcpus
+                    .or(file.capacity.vcpus)
+                    .unwrap_or(defaults::CAPACITY_VCPUS),
+            },
+            guest,
+            timing: TimingSettings {
+                keep_alive: secs(
+                    flags
+                        .keep_alive_secs
+                        .or(t.keep_alive_secs)
+                        .unwrap_or(defaults::KEEP_ALIVE_SECS),
+                ),
+                queue_wait: Duration::from_millis(
+                    flags
+                        .queue_wait_ms
+                        .or(t.queue_wait_ms)
+                        .unwrap_or(defaults::QUEUE_WAIT_MS),
+                ),
+                health_interval: secs(
+                    t.health_interval_secs
+                        .unwrap_or(defaults::HEALTH_INTERVAL_SECS),
+                ),
+                shutdown_grace: secs(
+                    t.shutdown_grace_secs
+                        .unwrap_or(defaults::SHUTDOWN_GRACE_SECS),
+                ),
+            },
+            events: file.events,
+            tenants,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Where the VMs' directories live.
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
     /// Checks what can be checked without touching the disk.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.capacity_mem_mib < 128 {
+        if self.capacity.mem_mib < 128 {
             return bad(format!(
                 "capacity memory {} MiB is below one 128 MiB guest",
-                self.capacity_mem_mib
+                self.capacity.mem_mib
             ));
         }
-        if self.capacity_vcpus == 0 {
+        if self.capacity.vcpus == 0 {
             return bad("capacity vCPUs must be at least 1".into());
         }
-        if self.tenants.is_empty() {
-            return bad(
-                "no tenants: give [[tenants]] in the config file or --tenant ID:KEY:SECRET".into(),
-            );
+        let e = &self.events;
+        if e.workers == 0 || e.workers_per_tenant == 0 {
+            return bad("events.workers and events.workers_per_tenant must be at least 1".into());
         }
-        let mut ids = std::collections::HashSet::new();
-        let mut keys = std::collections::HashSet::new();
-        for t in &self.tenants {
-            let ok = !t.id.is_empty()
-                && t.id.len() <= 64
-                && t.id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
-                return bad(format!(
-                    "tenant id '{}' must be 1-64 of [A-Za-z0-9_-]",
-                    t.id
-                ));
-            }
-            if !ids.insert(t.id.clone()) {
-                return bad(format!("tenant '{}' is listed twice", t.id));
-            }
-            let account = t.account();
-            if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-                return bad(format!("tenant '{}': account_id must be 12 digits", t.id));
-            }
-            if t.keys.is_empty() {
-                return bad(format!("tenant '{}' has no keys", t.id));
-            }
-            for k in &t.keys {
-                let key_ok = (16..=128).contains(&k.access_key_id.len())
-                    && k.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric());
-                if !key_ok {
-                    return bad(format!(
-                        "tenant '{}': access key id '{}' must be 16-128 letters or digits",
-                        t.id, k.access_key_id
-                    ));
-                }
-                if k.secret_access_key.len() < 16
-                    || k.secret_access_key.chars().any(char::is_whitespace)
-                {
-                    return bad(format!(
-                        "tenant '{}': secret of '{}' must be at least 16 characters without spaces",
-                        t.id, k.access_key_id
-                    ));
-                }
-                if !keys.insert(k.access_key_id.clone()) {
-                    return bad(format!(
-                        "access key id '{}' is listed twice",
-                        k.access_key_id
-                    ));
-                }
-            }
-        }
-        Ok(())
+        tenants::validate(&self.tenants)
     }
 }
 
-/// Parses `--tenant ID:ACCESS_KEY_ID:SECRET`.
-pub fn parse_tenant_flag(s: &str) -> Result<TenantConfig, String> {
-    let mut parts = s.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(id), Some(key), Some(secret))
-            if !id.is_empty() && !key.is_empty() && !secret.is_empty() =>
-        {
-            Ok(TenantConfig {
-                id: id.to_string(),
-                account_id: None,
-                concurrency: default_tenant_concurrency(),
-                keys: vec![KeyPair {
-                    access_key_id: key.to_string(),
-                    secret_access_key: secret.to_string(),
-                }],
-            })
+/// Guest images: flags, then the file, then `images/build --print-paths`.
+fn resolve_guest(flags: &ServeFlags, file: GuestFile) -> Result<GuestSettings, ConfigError> {
+    let kernel = flags.kernel.clone().or(file.kernel);
+    let initramfs = flags.initramfs.clone().or(file.initramfs);
+    let guest_defaulted = kernel.is_none() || initramfs.is_none();
+    let (kernel, initramfs) = match (kernel, initramfs) {
+        (Some(k), Some(i)) => (k, i),
+        (k, i) => {
+            let (dk, di) = default_guest_images()?;
+            (k.unwrap_or(dk), i.unwrap_or(di))
         }
-        _ => Err(format!("'{s}' is not ID:ACCESS_KEY_ID:SECRET")),
+    };
+    for (what, p) in [("kernel", &kernel), ("initramfs", &initramfs)] {
+        if !p.is_file() {
+            return Err(ConfigError::Invalid(format!(
+                "guest {what} {} is not a file",
+                p.display()
+            )));
+        }
     }
+    Ok(GuestSettings {
+        kernel,
+        initramfs,
+        vmm: flags.vmm.clone().or(file.vmm).unwrap_or_else(default_vmm),
+        runtime_images: crate::runtime_images::RuntimeImages::resolve(
+            &file.runtimes,
+            &flags.runtime_images,
+            guest_defaulted,
+        )?,
+    })
+}
+
+/// The default data home: `$XDG_DATA_HOME/ember`, else `~/.local/share/ember`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("ember");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/ember")
 }
 
 /// Finds the guest images by running `images/build --print-paths` in the
@@ -395,43 +564,4 @@ pub fn default_vmm() -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn toml_and_json_files_parse() {
-        let dir = tempfile::tempdir().unwrap();
-        let toml_path = dir.path().join("c.toml");
-        std::fs::write(
-            &toml_path,
-            "listen = \"127.0.0.1:9100\"\n[capacity]\nmemory_mib = 2048\n\
-             [[tenants]]\nid = \"acme\"\nkeys = [{ access_key_id = \"AKIAACMEACMEACME0001\", secret_access_key = \"secretsecretsecret\" }]\n",
-        )
-        .unwrap();
-        let f = ConfigFile::load(&toml_path).unwrap();
-        assert_eq!(f.listen.unwrap().port(), 9100);
-        assert_eq!(f.capacity.memory_mib, Some(2048));
-        assert_eq!(f.tenants[0].keys[0].access_key_id, "AKIAACMEACMEACME0001");
-        assert_eq!(f.tenants[0].account().len(), 12);
-        let json_path = dir.path().join("c.json");
-        std::fs::write(
-            &json_path,
-            r#"{"tenants":[{"id":"a","concurrency":5,"keys":[]}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            ConfigFile::load(&json_path).unwrap().tenants[0].concurrency,
-            5
-        );
-        std::fs::write(&json_path, r#"{"tenant":[]}"#).unwrap();
-        let err = ConfigFile::load(&json_path).unwrap_err().to_string();
-        assert!(err.contains("tenant"), "{err}");
-    }
-
-    #[test]
-    fn tenant_flag() {
-        let t = parse_tenant_flag("acme:AKIAACMEACMEACME0001:se:cret").unwrap();
-        assert_eq!(t.keys[0].secret_access_key, "se:cret");
-        assert!(parse_tenant_flag("acme:AKIA").is_err());
-    }
-}
+mod tests;

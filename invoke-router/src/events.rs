@@ -17,8 +17,20 @@
 //! A throttled attempt does not count: it is retried with backoff until the
 //! event is [`MAX_EVENT_AGE`] old. A function that no longer exists fails
 //! the event at once.
+//!
+//! Fairness and quotas: queued events wait in one queue per tenant
+//! (`fair.rs`), served round-robin, and one tenant holds at most
+//! `workers_per_tenant` of the `workers` (`[events]` settings), so one
+//! tenant's backlog never delays another tenant's first event by more than
+//! one attempt. Each tenant may have at most its `max_pending_events`
+//! quota queued or running (`TooManyRequestsException` past it); the whole
+//! queue at most [`MAX_PENDING_EVENTS`]. Finished events beyond
+//! `keep_finished` are pruned (oldest first) as new ones finish; a
+//! finished event whose directory is gone was pruned and is not replayed.
 
+mod fair;
 mod journal;
+mod replay;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -27,23 +39,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ember_protocol::{InvokeResult, Message, Outcome};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::config::{EventSettings, Quotas, ServeConfig};
 use crate::dispatch::{DispatchError, Dispatcher, FunctionSpec, InvokeInput};
+use fair::FairQueue;
 use journal::{Journal, Record};
+use replay::{apply, records_for};
 
 /// Attempts per event: the first and Lambda's two retries.
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Events older than this are failed instead of retried after throttling
 /// (Lambda's default maximum event age).
 pub const MAX_EVENT_AGE: Duration = Duration::from_secs(6 * 3600);
-/// The most events waiting or running at once; more are refused.
+/// The most events waiting or running at once, all tenants; more are refused.
 pub const MAX_PENDING_EVENTS: usize = 100_000;
-/// The most finished events kept (with their payload and result); the
-/// oldest go first when the queue is reopened.
-pub const MAX_FINISHED_EVENTS: usize = 10_000;
-/// Events processed at the same time.
-pub const MAX_CONCURRENT_EVENTS: usize = 32;
 /// Backoff after a throttled attempt: starts here, doubles, capped below.
 const THROTTLE_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_THROTTLE_BACKOFF: Duration = Duration::from_secs(300);
@@ -99,9 +112,17 @@ pub enum EventError {
     /// The payload is over the protocol's limit.
     #[error("payload of {0} bytes is over the limit of {max} bytes", max = ember_protocol::MAX_PAYLOAD_LEN)]
     PayloadTooLarge(usize),
-    /// Too many events are waiting.
-    #[error("the event queue is full ({MAX_PENDING_EVENTS} events)")]
+    /// Too many events are waiting, all tenants together.
+    #[error(
+        "Rate Exceeded. The event queue is full ({MAX_PENDING_EVENTS} events); try again later."
+    )]
     QueueFull,
+    /// The tenant has its quota of events queued or running.
+    #[error("Rate Exceeded. {limit} Event invocations of this account are pending (its max_pending_events quota); try again later.")]
+    TenantQueueFull {
+        /// The tenant's `max_pending_events`.
+        limit: u32,
+    },
     /// The data directory failed us.
     #[error("event queue storage: {0}")]
     Io(#[from] io::Error),
@@ -123,8 +144,14 @@ struct Entry {
 struct Inner {
     journal: Journal,
     entries: HashMap<String, Entry>,
-    /// Queued events by due time.
-    due: BTreeSet<(u64, String)>,
+    /// Queued events, per tenant.
+    fair: FairQueue,
+    /// Finished events by enqueue time (pruned oldest first).
+    finished: BTreeSet<(u64, String)>,
+    /// Records appended since the journal was last compacted.
+    appended: usize,
+    /// Extra records allowed before compacting ([`COMPACT_SLACK`]).
+    compact_slack: usize,
     retry_delays: [Duration; 2],
 }
 
@@ -132,8 +159,30 @@ struct Inner {
 #[derive(Debug)]
 pub struct EventQueue {
     dir: PathBuf,
+    settings: EventSettings,
+    /// Quotas per tenant id (a tenant not listed gets the defaults).
+    quotas: HashMap<String, Quotas>,
     inner: Mutex<Inner>,
     wake: Notify,
+}
+
+/// The journal is compacted while running once it holds this many times
+/// more records than there are events (plus [`COMPACT_SLACK`]).
+const COMPACT_FACTOR: usize = 4;
+/// See [`COMPACT_FACTOR`].
+const COMPACT_SLACK: usize = 10_000;
+
+/// The records that rebuild every event, oldest first.
+fn compacted(entries: &HashMap<String, Entry>) -> Vec<Record> {
+    let mut ids: Vec<&String> = entries.keys().collect();
+    ids.sort_by_key(|id| (entries[*id].at_ms, (*id).clone()));
+    ids.iter()
+        .flat_map(|id| records_for(id, &entries[*id]))
+        .collect()
+}
+
+fn is_finished(s: &EventStatus) -> bool {
+    matches!(s, EventStatus::Succeeded | EventStatus::Failed { .. })
 }
 
 fn now_ms() -> u64 {
@@ -147,99 +196,13 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Applies one record to the replayed state.
-fn apply(entries: &mut HashMap<String, Entry>, r: Record) {
-    match r {
-        Record::Enqueue {
-            id,
-            tenant,
-            function,
-            at_ms,
-        } => {
-            entries.insert(
-                id,
-                Entry {
-                    tenant,
-                    function,
-                    at_ms,
-                    status: EventStatus::Queued,
-                    attempts: 0,
-                    due_ms: at_ms,
-                    throttled: 0,
-                },
-            );
-        }
-        other => {
-            let Some(e) = entries.get_mut(other.id()) else {
-                return;
-            };
-            match other {
-                Record::Enqueue { .. } => {}
-                Record::Attempt { attempt, .. } => e.status = EventStatus::Running { attempt },
-                Record::Retry {
-                    attempts, due_ms, ..
-                } => {
-                    e.status = EventStatus::Queued;
-                    e.attempts = attempts;
-                    e.due_ms = due_ms;
-                }
-                Record::Throttled {
-                    attempts, due_ms, ..
-                } => {
-                    e.status = EventStatus::Queued;
-                    e.attempts = attempts;
-                    e.due_ms = due_ms;
-                    e.throttled += 1;
-                }
-                Record::Succeeded { attempts, .. } => {
-                    e.status = EventStatus::Succeeded;
-                    e.attempts = attempts;
-                }
-                Record::Failed {
-                    attempts, error, ..
-                } => {
-                    e.status = EventStatus::Failed { attempts, error };
-                    e.attempts = attempts;
-                }
-            }
-        }
-    }
-}
-
-/// The records that rebuild `e` (the compacted journal).
-fn records_for(id: &str, e: &Entry) -> Vec<Record> {
-    let mut out = vec![Record::Enqueue {
-        id: id.into(),
-        tenant: e.tenant.clone(),
-        function: e.function.clone(),
-        at_ms: e.at_ms,
-    }];
-    match &e.status {
-        EventStatus::Queued if e.attempts > 0 || e.throttled > 0 => out.push(Record::Retry {
-            id: id.into(),
-            attempts: e.attempts,
-            error: String::new(),
-            due_ms: e.due_ms,
-        }),
-        EventStatus::Queued | EventStatus::Running { .. } => {}
-        EventStatus::Succeeded => out.push(Record::Succeeded {
-            id: id.into(),
-            attempts: e.attempts,
-        }),
-        EventStatus::Failed { attempts, error } => out.push(Record::Failed {
-            id: id.into(),
-            attempts: *attempts,
-            error: error.clone(),
-        }),
-    }
-    out
-}
-
 impl EventQueue {
-    /// Opens (or creates) the queue under `data_dir/events`, replaying its
+    /// Opens (or creates) the queue under `<data dir>/events` with the
+    /// config's `[events]` settings and tenant quotas, replaying its
     /// journal: events that were queued or running are queued again.
-    pub fn open(data_dir: &Path) -> Result<Arc<Self>, EventError> {
-        let dir = data_dir.join("events");
+    pub fn open(config: &ServeConfig) -> Result<Arc<Self>, EventError> {
+        let dir = config.data_dir.join("events");
+        let settings = config.events;
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("journal.jsonl");
         let mut entries = HashMap::new();
@@ -253,44 +216,55 @@ impl EventQueue {
                 e.attempts = attempt.saturating_sub(1);
             }
         }
-        let mut finished: Vec<(u64, String)> = entries
+        // A finished event without its directory was pruned.
+        entries.retain(|id, e| !is_finished(&e.status) || dir.join(id).is_dir());
+        let mut finished: BTreeSet<(u64, String)> = entries
             .iter()
-            .filter(|(_, e)| {
-                matches!(
-                    e.status,
-                    EventStatus::Succeeded | EventStatus::Failed { .. }
-                )
-            })
+            .filter(|(_, e)| is_finished(&e.status))
             .map(|(id, e)| (e.at_ms, id.clone()))
             .collect();
-        finished.sort();
-        let excess = finished.len().saturating_sub(MAX_FINISHED_EVENTS);
-        for (_, id) in finished.into_iter().take(excess) {
-            entries.remove(&id);
-            let _ = std::fs::remove_dir_all(dir.join(&id));
+        while finished.len() > settings.keep_finished {
+            if let Some((_, id)) = finished.pop_first() {
+                entries.remove(&id);
+                let _ = std::fs::remove_dir_all(dir.join(&id));
+            }
         }
-        let mut ids: Vec<&String> = entries.keys().collect();
-        ids.sort_by_key(|id| (entries[*id].at_ms, (*id).clone()));
-        let records: Vec<Record> = ids
+        let journal = Journal::rewrite(&path, &compacted(&entries))?;
+        let mut fair = FairQueue::default();
+        for (id, e) in &entries {
+            if e.status == EventStatus::Queued {
+                fair.push(&e.tenant, e.due_ms, id.clone());
+            }
+        }
+        let quotas = config
+            .tenants
             .iter()
-            .flat_map(|id| records_for(id, &entries[*id]))
-            .collect();
-        let journal = Journal::rewrite(&path, &records)?;
-        let due = entries
-            .iter()
-            .filter(|(_, e)| e.status == EventStatus::Queued)
-            .map(|(id, e)| (e.due_ms, id.clone()))
+            .map(|t| (t.id.clone(), t.quotas))
             .collect();
         Ok(Arc::new(EventQueue {
             dir,
+            settings,
+            quotas,
             inner: Mutex::new(Inner {
                 journal,
                 entries,
-                due,
+                fair,
+                finished,
+                appended: 0,
+                compact_slack: COMPACT_SLACK,
                 retry_delays: [Duration::from_secs(60), Duration::from_secs(120)],
             }),
             wake: Notify::new(),
         }))
+    }
+
+    /// `tenant`'s quota of pending events.
+    fn pending_quota(&self, tenant: &str) -> u32 {
+        self.quotas
+            .get(tenant)
+            .copied()
+            .unwrap_or_default()
+            .max_pending_events
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -304,7 +278,8 @@ impl EventQueue {
     }
 
     /// Durably records the event, then returns. Blocks on disk writes
-    /// (an fsync or three), as a durable enqueue must.
+    /// (an fsync or three), as a durable enqueue must: call it off the
+    /// async executor (`spawn_blocking`).
     pub fn enqueue(
         &self,
         tenant: &str,
@@ -318,15 +293,7 @@ impl EventQueue {
         if payload.len() > ember_protocol::MAX_PAYLOAD_LEN {
             return Err(EventError::PayloadTooLarge(payload.len()));
         }
-        {
-            let st = self.lock();
-            if st.entries.contains_key(request_id) {
-                return Err(EventError::Duplicate(request_id.into()));
-            }
-            if st.due.len() >= MAX_PENDING_EVENTS {
-                return Err(EventError::QueueFull);
-            }
-        }
+        self.check_room(tenant, request_id)?;
         let event_dir = self.dir.join(request_id);
         std::fs::create_dir(&event_dir).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
@@ -344,6 +311,12 @@ impl EventQueue {
         }
         let at_ms = now_ms();
         let mut st = self.lock();
+        // Checked again under the lock that takes the place.
+        if let Err(e) = Self::room(&st, tenant, request_id, self.pending_quota(tenant)) {
+            drop(st);
+            let _ = std::fs::remove_dir_all(&event_dir);
+            return Err(e);
+        }
         let r = Record::Enqueue {
             id: request_id.into(),
             tenant: tenant.into(),
@@ -356,10 +329,38 @@ impl EventQueue {
             return Err(e.into());
         }
         apply(&mut st.entries, r);
-        st.due.insert((at_ms, request_id.into()));
+        st.fair.push(tenant, at_ms, request_id.into());
         drop(st);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether `tenant` may queue `request_id` now.
+    fn check_room(&self, tenant: &str, request_id: &str) -> Result<(), EventError> {
+        Self::room(&self.lock(), tenant, request_id, self.pending_quota(tenant))
+    }
+
+    fn room(st: &Inner, tenant: &str, request_id: &str, quota: u32) -> Result<(), EventError> {
+        if st.entries.contains_key(request_id) {
+            return Err(EventError::Duplicate(request_id.into()));
+        }
+        if st.fair.pending_of(tenant) >= quota as usize {
+            return Err(EventError::TenantQueueFull { limit: quota });
+        }
+        if st.fair.pending() >= MAX_PENDING_EVENTS {
+            return Err(EventError::QueueFull);
+        }
+        Ok(())
+    }
+
+    /// Events of `tenant` queued or running.
+    pub fn pending_of(&self, tenant: &str) -> usize {
+        self.lock().fair.pending_of(tenant)
+    }
+
+    /// Finished events kept (with their payload and result).
+    pub fn finished_count(&self) -> usize {
+        self.lock().finished.len()
     }
 
     /// The event and its outcome, if it exists.
@@ -382,56 +383,65 @@ impl EventQueue {
 
     /// Starts processing queued events with `dispatcher` on the current
     /// tokio runtime; `resolve` gives each attempt the function's current
-    /// spec (None: the function is gone and the event fails).
-    pub fn start(self: &Arc<Self>, dispatcher: Arc<Dispatcher>, resolve: Resolver) {
+    /// spec (None: the function is gone and the event fails). Processing
+    /// stops when `stop` is cancelled; the handle ends once every attempt
+    /// it started has ended (join it after the dispatcher's shutdown).
+    pub fn start(
+        self: &Arc<Self>,
+        dispatcher: Arc<Dispatcher>,
+        resolve: Resolver,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
         let queue = self.clone();
-        tokio::spawn(async move { queue.schedule(dispatcher, resolve).await });
+        tokio::spawn(async move { queue.schedule(dispatcher, resolve, stop).await })
     }
 
-    async fn schedule(self: Arc<Self>, dispatcher: Arc<Dispatcher>, resolve: Resolver) {
-        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_EVENTS));
+    async fn schedule(
+        self: Arc<Self>,
+        dispatcher: Arc<Dispatcher>,
+        resolve: Resolver,
+        stop: CancellationToken,
+    ) {
+        let workers = TaskTracker::new();
+        let (n, per_tenant) = (self.settings.workers, self.settings.workers_per_tenant);
         loop {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            if dispatcher.is_shutting_down() {
-                return;
+            if stop.is_cancelled() {
+                break;
             }
             let now = now_ms();
             let (ready, next_due) = {
                 let mut st = self.lock();
                 let mut ready = Vec::new();
-                while ready.len() < permits.available_permits() {
-                    match st.due.first() {
-                        Some((due, _)) if *due <= now => {}
-                        _ => break,
-                    }
-                    if let Some((_, id)) = st.due.pop_first() {
-                        ready.push(id);
-                    }
+                while let Some(next) = st.fair.pop_ready(now, n, per_tenant) {
+                    ready.push(next);
                 }
-                (ready, st.due.first().map(|(d, _)| *d))
+                (ready, st.fair.next_due(n, per_tenant))
             };
-            for id in ready {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
+            for (tenant, id) in ready {
+                let running = Running {
+                    queue: self.clone(),
+                    tenant,
                 };
-                let (queue, dispatcher, resolve) =
-                    (self.clone(), dispatcher.clone(), resolve.clone());
-                tokio::spawn(async move {
-                    queue.attempt(&id, &dispatcher, &resolve).await;
-                    drop(permit);
-                    queue.wake.notify_one();
+                let (dispatcher, resolve) = (dispatcher.clone(), resolve.clone());
+                workers.spawn(async move {
+                    running.queue.attempt(&id, &dispatcher, &resolve).await;
+                    drop(running);
                 });
             }
             let pause = match next_due {
-                Some(d) if permits.available_permits() > 0 => {
-                    Duration::from_millis(d.saturating_sub(now)).min(Duration::from_secs(1))
-                }
-                _ => Duration::from_secs(1),
+                Some(d) => Duration::from_millis(d.saturating_sub(now)).min(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
             };
-            let _ = tokio::time::timeout(pause, woken).await;
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::timeout(pause, woken) => {}
+            }
         }
+        workers.close();
+        workers.wait().await;
     }
 
     /// Records `r` in the journal and in memory; a journal that cannot be
@@ -444,45 +454,78 @@ impl EventQueue {
         }
         let id = r.id().to_string();
         apply(&mut st.entries, r);
+        let mut pruned = Vec::new();
         if let Some(e) = st.entries.get(&id) {
-            if e.status == EventStatus::Queued {
-                let due = e.due_ms;
-                st.due.insert((due, id));
+            let (tenant, due, at, status) = (e.tenant.clone(), e.due_ms, e.at_ms, e.status.clone());
+            if status == EventStatus::Queued {
+                st.fair.push(&tenant, due, id);
+            } else if is_finished(&status) {
+                st.finished.insert((at, id));
+                while st.finished.len() > self.settings.keep_finished {
+                    if let Some((_, old)) = st.finished.pop_first() {
+                        st.entries.remove(&old);
+                        pruned.push(old);
+                    }
+                }
+            }
+        }
+        st.appended += 1;
+        if st.appended > COMPACT_FACTOR * st.entries.len() + st.compact_slack {
+            // Pruned events leave the journal here (their directories go below).
+            let records = compacted(&st.entries);
+            let path = st.journal.path().to_path_buf();
+            match Journal::rewrite(&path, &records) {
+                Ok(j) => {
+                    st.journal = j;
+                    st.appended = 0;
+                }
+                Err(e) => tracing::error!("cannot compact the event journal: {e}"),
+            }
+        }
+        drop(st);
+        // The directory going is what makes the pruning durable.
+        for old in pruned {
+            if let Err(e) = std::fs::remove_dir_all(self.dir.join(&old)) {
+                tracing::warn!(event = %old, "cannot prune a finished event: {e}");
             }
         }
     }
 
-    async fn attempt(&self, id: &str, dispatcher: &Dispatcher, resolve: &Resolver) {
+    async fn attempt(self: &Arc<Self>, id: &str, dispatcher: &Dispatcher, resolve: &Resolver) {
         let Some(entry) = self.lock().entries.get(id).cloned() else {
             return;
         };
         let attempt = entry.attempts + 1;
         let Some(spec) = resolve(&entry.tenant, &entry.function) else {
-            self.record(Record::Failed {
+            self.record_off(Record::Failed {
                 id: id.into(),
                 attempts: entry.attempts,
                 error: format!(
                     "ResourceNotFoundException: function {} no longer exists",
                     entry.function
                 ),
-            });
+            })
+            .await;
             return;
         };
-        let payload = match std::fs::read(self.dir.join(id).join("payload")) {
+        let path = self.dir.join(id).join("payload");
+        let payload = match blocking(move || std::fs::read(path)).await {
             Ok(p) => p,
             Err(e) => {
-                self.record(Record::Failed {
+                self.record_off(Record::Failed {
                     id: id.into(),
                     attempts: entry.attempts,
                     error: format!("ServiceException: the stored payload is unreadable: {e}"),
-                });
+                })
+                .await;
                 return;
             }
         };
-        self.record(Record::Attempt {
+        self.record_off(Record::Attempt {
             id: id.into(),
             attempt,
-        });
+        })
+        .await;
         let input = InvokeInput {
             request_id: id.into(),
             payload,
@@ -492,64 +535,78 @@ impl EventQueue {
         let error = match dispatcher.invoke(spec, input).await {
             Ok(out) => {
                 let error = function_error(&out.result.outcome);
-                if let Err(e) = self.store_result(id, &out.result) {
+                let (q, rid, result) = (self.clone(), id.to_string(), out.result);
+                if let Err(e) = blocking(move || q.store_result(&rid, &result)).await {
                     tracing::warn!(event = id, "cannot store the event's result: {e}");
                 }
                 match error {
                     None => {
-                        self.record(Record::Succeeded {
+                        self.record_off(Record::Succeeded {
                             id: id.into(),
                             attempts: attempt,
-                        });
+                        })
+                        .await;
                         return;
                     }
                     Some(e) => e,
                 }
             }
-            Err(DispatchError::TooManyRequests(m)) => {
-                self.throttled(id, &entry, m);
+            Err(e @ (DispatchError::Throttled(_) | DispatchError::NoSlot(_))) => {
+                self.throttled(id, &entry, e.to_string()).await;
                 return;
             }
             // Cut short by shutdown: the journal says "running", so the
             // attempt runs again after the restart.
-            Err(DispatchError::Unavailable(_)) if dispatcher.is_shutting_down() => return,
+            Err(e) if e.is_shutdown() => return,
             Err(e) => e.to_string(),
         };
         if attempt >= MAX_ATTEMPTS {
-            self.record(Record::Failed {
+            self.record_off(Record::Failed {
                 id: id.into(),
                 attempts: attempt,
                 error,
-            });
+            })
+            .await;
         } else {
             let delay = self.lock().retry_delays[(attempt - 1) as usize];
-            self.record(Record::Retry {
+            self.record_off(Record::Retry {
                 id: id.into(),
                 attempts: attempt,
                 error,
                 due_ms: now_ms().saturating_add(ms(delay)),
-            });
+            })
+            .await;
         }
     }
 
-    fn throttled(&self, id: &str, entry: &Entry, message: String) {
+    async fn throttled(self: &Arc<Self>, id: &str, entry: &Entry, message: String) {
         let now = now_ms();
         if now.saturating_sub(entry.at_ms) >= ms(MAX_EVENT_AGE) {
-            self.record(Record::Failed {
+            self.record_off(Record::Failed {
                 id: id.into(),
                 attempts: entry.attempts,
                 error: format!("TooManyRequestsException: {message} (event too old to retry)"),
-            });
+            })
+            .await;
             return;
         }
         let backoff = THROTTLE_BACKOFF
             .saturating_mul(1u32 << entry.throttled.min(16))
             .min(MAX_THROTTLE_BACKOFF);
-        self.record(Record::Throttled {
+        self.record_off(Record::Throttled {
             id: id.into(),
             attempts: entry.attempts,
             due_ms: now.saturating_add(ms(backoff)),
-        });
+        })
+        .await;
+    }
+
+    /// [`EventQueue::record`] on a blocking thread (it fsyncs).
+    async fn record_off(self: &Arc<Self>, r: Record) {
+        let q = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || q.record(r)).await {
+            tracing::error!("event journal: the write task failed: {e}");
+        }
     }
 
     fn store_result(&self, id: &str, r: &InvokeResult) -> io::Result<()> {
@@ -557,6 +614,20 @@ impl EventQueue {
             .encode()
             .map_err(io::Error::other)?;
         write_durably(&self.dir.join(id).join("result"), &frame)
+    }
+}
+
+/// An attempt in progress: its tenant's worker is freed when it ends,
+/// however it ends.
+struct Running {
+    queue: Arc<EventQueue>,
+    tenant: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.queue.lock().fair.finished(&self.tenant);
+        self.queue.wake.notify_one();
     }
 }
 
@@ -573,6 +644,15 @@ fn function_error(o: &Outcome) -> Option<String> {
             x.status, x.signal
         )),
     }
+}
+
+/// Runs blocking file work on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, fsynced.

@@ -1,12 +1,23 @@
 //! The function registry: one SQLite database in the data directory
-//! (`registry.sqlite3`), holding each tenant's functions, their reserved
-//! concurrency and the log tails of their recent invocations.
+//! (`registry.sqlite3`, mode 0600), holding each tenant's functions, their
+//! reserved concurrency and the log tails of their recent invocations.
+//!
+//! Two connections: a writer (every change, `synchronous=FULL`) and a
+//! reader. In WAL mode a read never waits for a commit's fsync, so a lookup
+//! stays quick while a change commits. The methods block (SQLite, fsync);
+//! async code calls them through [`Registry::blocking`], which runs them on
+//! tokio's blocking pool, never on an executor thread.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use crate::durable;
+use crate::quotas::{QuotaExceeded, Quotas, Usage};
+
+use crate::runtime::Runtime;
 
 /// How many invocation records each function keeps (oldest dropped first).
 pub const LOGS_PER_FUNCTION: i64 = 1000;
@@ -29,6 +40,15 @@ pub enum RegistryError {
     /// A stored row does not decode.
     #[error("registry database holds a bad row: {0}")]
     Corrupt(String),
+    /// The change would break one of the tenant's quotas.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
+    /// The blocking task running the operation failed.
+    #[error("registry task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The database file could not be created or its mode set.
+    #[error("registry file: {0}")]
+    File(#[from] std::io::Error),
 }
 
 /// A function's stored definition (its `$LATEST`).
@@ -39,7 +59,7 @@ pub struct FunctionRecord {
     /// Name, unique per tenant.
     pub name: String,
     /// `provided.al2023`, `provided` or `exec`.
-    pub runtime: String,
+    pub runtime: Runtime,
     /// Handler string.
     pub handler: String,
     /// Role ARN as given (not used; kept for clients that expect it back).
@@ -92,7 +112,15 @@ pub struct InvocationLog {
 /// The registry.
 pub struct Registry {
     conn: Mutex<Connection>,
+    reader: Mutex<Connection>,
 }
+
+/// The database file and SQLite's companions of it.
+const FILES: [&str; 3] = [
+    "registry.sqlite3",
+    "registry.sqlite3-wal",
+    "registry.sqlite3-shm",
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS functions (
@@ -165,16 +193,40 @@ fn env_json(rec: &FunctionRecord) -> String {
 }
 
 impl Registry {
-    /// Opens (creating) `data_dir/registry.sqlite3`.
+    /// Opens (creating) `data_dir/registry.sqlite3`. The file is created
+    /// 0600 before SQLite opens it (SQLite gives its `-wal` and `-shm` files
+    /// the database's mode), and existing files are set to 0600.
     pub fn open(data_dir: &Path) -> Result<Self, RegistryError> {
-        let conn = Connection::open(data_dir.join("registry.sqlite3"))?;
+        let path = data_dir.join(FILES[0]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        for f in FILES {
+            durable::set_mode_if_exists(&data_dir.join(f), durable::FILE_MODE)?;
+        }
+        let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        let reader = Connection::open(&path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", true)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
         })
+    }
+
+    /// Runs `f` on tokio's blocking pool (SQLite and its fsyncs block).
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, RegistryError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me)).await?
     }
 
     fn with<T>(
@@ -188,13 +240,40 @@ impl Registry {
         f(&mut conn)
     }
 
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let conn = self
+            .reader
+            .lock()
+            .map_err(|_| RegistryError::Corrupt("registry lock poisoned".into()))?;
+        f(&conn)
+    }
+
     /// Adds a function; `Conflict` if the name is taken.
     pub fn create(&self, rec: &FunctionRecord) -> Result<(), RegistryError> {
+        self.create_within(rec, &Quotas::UNLIMITED)
+    }
+
+    /// [`Registry::create`] if the tenant stays within `quotas` (checked in
+    /// the same transaction); `Quota` if not.
+    pub fn create_within(
+        &self,
+        rec: &FunctionRecord,
+        quotas: &Quotas,
+    ) -> Result<(), RegistryError> {
         self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let usage = Self::usage_in(&tx, &rec.tenant, None)?;
+            if Self::exists_in(&tx, &rec.tenant, &rec.name)? {
+                return Err(RegistryError::Conflict);
+            }
+            quotas.check_create(usage, rec.code_size)?;
             let sql = format!(
                 "INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             );
-            let r = c.execute(
+            let r = tx.execute(
                 &sql,
                 params![
                     rec.tenant, rec.name, rec.runtime, rec.handler, rec.role, rec.description,
@@ -204,7 +283,7 @@ impl Registry {
                 ],
             );
             match r {
-                Ok(_) => Ok(()),
+                Ok(_) => Ok(tx.commit()?),
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {
@@ -215,9 +294,46 @@ impl Registry {
         })
     }
 
+    fn exists_in(c: &Connection, tenant: &str, name: &str) -> Result<bool, RegistryError> {
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM functions WHERE tenant = ?1 AND name = ?2",
+            params![tenant, name],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    /// A tenant's functions and code bytes, leaving out `except`.
+    fn usage_in(
+        c: &Connection,
+        tenant: &str,
+        except: Option<&str>,
+    ) -> Result<Usage, RegistryError> {
+        let (functions, bytes): (i64, i64) = c.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(code_size), 0) FROM functions \
+             WHERE tenant = ?1 AND name IS NOT ?2",
+            params![tenant, except],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Usage {
+            functions: u64::try_from(functions).unwrap_or(0),
+            code_bytes: u64::try_from(bytes).unwrap_or(0),
+        })
+    }
+
+    /// What a tenant stores: its functions and their code bytes.
+    pub fn usage(&self, tenant: &str) -> Result<Usage, RegistryError> {
+        self.read(|c| Self::usage_in(c, tenant, None))
+    }
+
+    /// The code bytes of a tenant's functions but one.
+    pub fn usage_except(&self, tenant: &str, except: &str) -> Result<u64, RegistryError> {
+        self.read(|c| Ok(Self::usage_in(c, tenant, Some(except))?.code_bytes))
+    }
+
     /// One function.
     pub fn get(&self, tenant: &str, name: &str) -> Result<Option<FunctionRecord>, RegistryError> {
-        self.with(|c| {
+        self.read(|c| {
             let sql = format!("SELECT {COLUMNS} FROM functions WHERE tenant = ?1 AND name = ?2");
             c.query_row(&sql, params![tenant, name], from_row)
                 .optional()?
@@ -233,7 +349,7 @@ impl Registry {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<FunctionRecord>, RegistryError> {
-        self.with(|c| {
+        self.read(|c| {
             let sql = format!(
                 "SELECT {COLUMNS} FROM functions WHERE tenant = ?1 AND name > ?2 ORDER BY name LIMIT ?3"
             );
@@ -253,8 +369,19 @@ impl Registry {
         rec: &FunctionRecord,
         expected_revision: Option<&str>,
     ) -> Result<(), RegistryError> {
+        self.update_within(rec, expected_revision, &Quotas::UNLIMITED)
+    }
+
+    /// [`Registry::update`] if the tenant's code stays within `quotas`
+    /// (checked in the same transaction); `Quota` if not.
+    pub fn update_within(
+        &self,
+        rec: &FunctionRecord,
+        expected_revision: Option<&str>,
+        quotas: &Quotas,
+    ) -> Result<(), RegistryError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let current: Option<String> = tx
                 .query_row(
                     "SELECT revision_id FROM functions WHERE tenant = ?1 AND name = ?2",
@@ -266,6 +393,8 @@ impl Registry {
             if expected_revision.is_some_and(|e| e != current) {
                 return Err(RegistryError::RevisionMismatch);
             }
+            let others = Self::usage_in(&tx, &rec.tenant, Some(&rec.name))?;
+            quotas.check_code(others.code_bytes, rec.code_size)?;
             tx.execute(
                 "UPDATE functions SET runtime = ?3, handler = ?4, role = ?5, description = ?6, \
                  memory_mib = ?7, timeout_s = ?8, env = ?9, code_sha256_hex = ?10, \
@@ -286,7 +415,7 @@ impl Registry {
     /// Removes a function and its invocation records; returns what it was.
     pub fn delete(&self, tenant: &str, name: &str) -> Result<FunctionRecord, RegistryError> {
         self.with(|c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let sql = format!("SELECT {COLUMNS} FROM functions WHERE tenant = ?1 AND name = ?2");
             let rec = tx
                 .query_row(&sql, params![tenant, name], from_row)
@@ -327,7 +456,7 @@ impl Registry {
 
     /// The sum of reserved concurrency over a tenant's functions but one.
     pub fn reserved_total_except(&self, tenant: &str, except: &str) -> Result<u64, RegistryError> {
-        self.with(|c| {
+        self.read(|c| {
             let n: i64 = c.query_row(
                 "SELECT COALESCE(SUM(reserved_concurrency), 0) FROM functions WHERE tenant = ?1 AND name != ?2",
                 params![tenant, except],
@@ -337,7 +466,8 @@ impl Registry {
         })
     }
 
-    /// Whether any function (any tenant) uses this code.
+    /// Whether any function (any tenant) uses this code. Asked on the
+    /// writer, so it sees every committed change.
     pub fn code_in_use(&self, sha256_hex: &str) -> Result<bool, RegistryError> {
         self.with(|c| {
             let n: i64 = c.query_row(
@@ -346,6 +476,15 @@ impl Registry {
                 |r| r.get(0),
             )?;
             Ok(n > 0)
+        })
+    }
+
+    /// Every code version some function uses (for the start-up sweep).
+    pub fn code_hashes(&self) -> Result<HashSet<String>, RegistryError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT DISTINCT code_sha256_hex FROM functions")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 
@@ -366,7 +505,7 @@ impl Registry {
 
     fn insert_log(c: &mut Connection, log: &InvocationLog) -> Result<(), RegistryError> {
         {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT INTO invocation_logs (tenant, function, request_id, timestamp, outcome, \
                  slot_id, cold_start, duration_us, log_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -392,7 +531,7 @@ impl Registry {
         function: &str,
         request_id: &str,
     ) -> Result<Option<InvocationLog>, RegistryError> {
-        self.with(|c| {
+        self.read(|c| {
             Ok(c.query_row(
                 "SELECT request_id, tenant, function, timestamp, outcome, slot_id, cold_start, \
                  duration_us, log_tail FROM invocation_logs \
@@ -425,7 +564,7 @@ mod tests {
         FunctionRecord {
             tenant: tenant.into(),
             name: name.into(),
-            runtime: "exec".into(),
+            runtime: Runtime::Exec,
             handler: "cat".into(),
             role: String::new(),
             description: String::new(),
@@ -439,6 +578,54 @@ mod tests {
             last_modified: "t".into(),
             reserved_concurrency: None,
         }
+    }
+
+    #[test]
+    fn quotas_are_checked_in_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let q = Quotas {
+            max_functions: 2,
+            max_code_bytes: 25,
+            ..Quotas::default()
+        };
+        reg.create_within(&rec("t", "a"), &q).unwrap();
+        reg.create_within(&rec("t", "b"), &q).unwrap();
+        assert!(matches!(
+            reg.create_within(&rec("t", "c"), &q),
+            Err(RegistryError::Quota(QuotaExceeded::Functions { limit: 2 }))
+        ));
+        // A duplicate is a conflict, not a quota error.
+        assert!(matches!(
+            reg.create_within(&rec("t", "a"), &q),
+            Err(RegistryError::Conflict)
+        ));
+        // Another tenant has its own count.
+        reg.create_within(&rec("u", "c"), &q).unwrap();
+        let mut big = rec("t", "a");
+        big.code_size = 16;
+        assert!(matches!(
+            reg.update_within(&big, None, &q),
+            Err(RegistryError::Quota(QuotaExceeded::CodeBytes {
+                used: 10,
+                adding: 16,
+                ..
+            }))
+        ));
+        big.code_size = 15;
+        reg.update_within(&big, None, &q).unwrap();
+        assert_eq!(
+            reg.usage("t").unwrap(),
+            Usage {
+                functions: 2,
+                code_bytes: 25
+            }
+        );
+        assert_eq!(reg.usage_except("t", "a").unwrap(), 10);
+        assert_eq!(
+            reg.code_hashes().unwrap(),
+            HashSet::from(["ab".to_string()])
+        );
     }
 
     #[test]

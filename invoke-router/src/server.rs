@@ -9,11 +9,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::codestore::CodeStore;
 use crate::config::ServeConfig;
-use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::dispatch::Dispatcher;
 use crate::events::EventQueue;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -26,40 +27,26 @@ pub struct RunningServer {
     stop: oneshot::Sender<()>,
     http: JoinHandle<std::io::Result<()>>,
     grace: std::time::Duration,
+    background: CancellationToken,
+    event_worker: JoinHandle<()>,
 }
 
 /// Opens everything under the data directory and starts serving.
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("creating data dir {}", data.display()))?;
+    crate::datadir::prepare(data)
+        .with_context(|| format!("preparing data dir {}", data.display()))?;
     let registry = Arc::new(Registry::open(data).context("opening the registry")?);
     let code = CodeStore::open(data).context("opening the code store")?;
+    crate::datadir::sweep(data, &registry, &code).context("sweeping the data dir")?;
     let metrics = Metrics::new();
-    let run_dir = data.join("run");
+    let run_dir = config.run_dir();
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let dispatcher = Dispatcher::new(
-        DispatchConfig {
-            vmm: config.vmm.clone(),
-            kernel: config.kernel.clone(),
-            initramfs: config.initramfs.clone(),
-            run_dir,
-            capacity_mem_mib: config.capacity_mem_mib,
-            capacity_vcpus: config.capacity_vcpus,
-            tenant_concurrency: config
-                .tenants
-                .iter()
-                .map(|t| t.concurrency)
-                .max()
-                .unwrap_or(0),
-            keep_alive: config.keep_alive,
-            queue_wait: config.queue_wait,
-            health_interval: config.health_interval,
-        },
-        metrics.clone(),
-    );
-    let events = EventQueue::open(data).context("opening the event queue")?;
+    // One token for every background task: cancelled, they stop taking work.
+    let background = CancellationToken::new();
+    let dispatcher = Dispatcher::new(&config, metrics.clone(), background.clone());
+    let events = EventQueue::open(&config).context("opening the event queue")?;
     let state = Arc::new(AppState::new(
         &config,
         registry,
@@ -69,9 +56,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         metrics,
     ));
     let resolver_state = Arc::downgrade(&state);
-    events.start(
+    let event_worker = events.start(
         dispatcher,
         Arc::new(move |tenant: &str, name: &str| resolver_state.upgrade()?.resolve(tenant, name)),
+        background.clone(),
     );
     let listener = TcpListener::bind(config.listen)
         .await
@@ -92,19 +80,27 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         state,
         stop,
         http,
-        grace: config.shutdown_grace,
+        grace: config.timing.shutdown_grace,
+        background,
+        event_worker,
     })
 }
 
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish within the grace
-    /// period, then stops every VM.
+    /// period, then stops every VM and joins the background tasks.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
+        self.background.cancel();
         let drain = tokio::time::timeout(self.grace + std::time::Duration::from_secs(1), self.http);
         let (drained, ()) = tokio::join!(drain, self.state.dispatcher.shutdown(self.grace));
         if drained.is_err() {
             tracing::warn!("in-flight requests outlived the grace period");
+        }
+        // Its attempts ended with the dispatcher; the journal keeps them.
+        let events = tokio::time::timeout(std::time::Duration::from_secs(10), self.event_worker);
+        if events.await.is_err() {
+            tracing::warn!("the event workers did not stop in time");
         }
         tracing::info!("stopped");
     }

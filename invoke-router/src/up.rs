@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use ember_invoke_router::client::{self, Client};
-use ember_invoke_router::runtimes::RuntimeImages;
+use ember_invoke_router::durable;
+use ember_invoke_router::runtime_images::RuntimeImages;
 
 /// Flags of `up`.
 #[derive(Args)]
@@ -62,30 +63,51 @@ const HELLO_JS: &[u8] = b"export const handler = async (event) => {\n\
   return { message: 'Hello from Ember (Node.js)', event };\n\
 };\n";
 
-/// The sample functions: name, runtime, handler, file name, contents, mode.
-const SAMPLES: &[(&str, &str, &str, &str, &[u8], u32)] = &[
-    ("hello", "exec", "./hello.sh", "hello.sh", HELLO_SH, 0o755),
-    (
-        "hello-python",
-        "python3.13",
-        "lambda_function.lambda_handler",
-        "lambda_function.py",
-        HELLO_PY,
-        0o644,
-    ),
-    (
-        "hello-node",
-        "nodejs20.x",
-        "index.handler",
-        "index.mjs",
-        HELLO_JS,
-        0o644,
-    ),
+/// A sample function: one file in its zip.
+struct Sample {
+    name: &'static str,
+    runtime: &'static str,
+    handler: &'static str,
+    file: &'static str,
+    code: &'static [u8],
+    mode: u32,
+}
+
+/// The sample functions `up` registers.
+const SAMPLES: &[Sample] = &[
+    Sample {
+        name: "hello",
+        runtime: "exec",
+        handler: "./hello.sh",
+        file: "hello.sh",
+        code: HELLO_SH,
+        mode: 0o755,
+    },
+    Sample {
+        name: "hello-python",
+        runtime: "python3.13",
+        handler: "lambda_function.lambda_handler",
+        file: "lambda_function.py",
+        code: HELLO_PY,
+        mode: 0o644,
+    },
+    Sample {
+        name: "hello-node",
+        runtime: "nodejs20.x",
+        handler: "index.handler",
+        file: "index.mjs",
+        code: HELLO_JS,
+        mode: 0o644,
+    },
 ];
 
-/// The default tenant's key pair, created on first use.
+/// The default tenant's key pair, created on first use. The data directory
+/// is 0700 and the file 0600 (both fixed if an older version left them
+/// open); the file is written whole or not at all.
 fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
+    durable::private_dir(data_dir)?;
     let path = data_dir.join("default-tenant.toml");
+    durable::set_mode_if_exists(&path, durable::FILE_MODE)?;
     if let Ok(text) = std::fs::read_to_string(&path) {
         let get = |k: &str| {
             text.lines()
@@ -96,7 +118,6 @@ fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
             return Ok((id, secret));
         }
     }
-    std::fs::create_dir_all(data_dir)?;
     let raw = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
     let id = format!("AKIAEMBER{}", &raw[..11]);
     let secret = format!(
@@ -108,7 +129,7 @@ fn default_credentials(data_dir: &Path) -> std::io::Result<(String, String)> {
         "# The default tenant of `ember-invoke-router up`.\n[[tenants]]\nid = \"default\"\n\
          [[tenants.keys]]\naccess_key_id = \"{id}\"\nsecret_access_key = \"{secret}\"\n"
     );
-    std::fs::write(&path, text)?;
+    durable::write_atomic(&path, text.as_bytes(), durable::FILE_MODE)?;
     Ok((id, secret))
 }
 
@@ -170,14 +191,17 @@ fn static_binary(repo: &Path, package: &str, bin: &str) -> Result<PathBuf, Strin
     Ok(PathBuf::from(path.trim()))
 }
 
-/// The soft host's persistent disk: a sparse ext4 image, made once.
+/// The soft host's persistent disk (the router's whole state): a sparse
+/// ext4 image, made once, 0600.
 fn state_image(data_dir: &Path, mkfs: &Path) -> Result<PathBuf, String> {
     let image = data_dir.join("softhost-state.ext4");
     if image.is_file() {
+        durable::set_mode(&image, durable::FILE_MODE)
+            .map_err(|e| format!("{}: {e}", image.display()))?;
         return Ok(image);
     }
     let partial = data_dir.join("softhost-state.ext4.partial");
-    std::fs::File::create(&partial)
+    durable::create_file(&partial, durable::FILE_MODE)
         .and_then(|f| f.set_len(16 << 30))
         .map_err(|e| format!("creating {}: {e}", partial.display()))?;
     output(
@@ -313,7 +337,15 @@ async fn wait_ready(client: &Client, child: &mut Child) -> Result<(), String> {
 
 /// Registers the sample functions that do not exist yet.
 async fn register_hello(client: &Client) -> Result<(), String> {
-    for (name, runtime, handler, file, code, mode) in SAMPLES {
+    for Sample {
+        name,
+        runtime,
+        handler,
+        file,
+        code,
+        mode,
+    } in SAMPLES
+    {
         let zip = client::zip_base64(&[(file, code, *mode)]).map_err(|e| e.to_string())?;
         let body = serde_json::json!({
             "FunctionName": name,
@@ -322,7 +354,8 @@ async fn register_hello(client: &Client) -> Result<(), String> {
             "Role": "arn:aws:iam::000000000000:role/ember",
             "Code": { "ZipFile": zip },
             "MemorySize": 128,
-            "Timeout": 10,
+            // Room for a first invocation that finishes a slow init (soft host).
+            "Timeout": 30,
         });
         let r = client
             .call(
@@ -382,7 +415,7 @@ async fn up(args: UpArgs, default_data_dir: &Path) -> Result<(), String> {
     println!("ENDPOINT={endpoint}");
     println!("AWS_ACCESS_KEY_ID={id}");
     println!("AWS_SECRET_ACCESS_KEY={secret}");
-    for (name, ..) in SAMPLES {
+    for Sample { name, .. } in SAMPLES {
         println!(
             "AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} aws lambda invoke --endpoint-url {endpoint} --region us-east-1 --function-name {name} out.json && cat out.json"
         );
@@ -424,5 +457,33 @@ pub fn run(args: UpArgs, default_data_dir: &Path) -> ExitCode {
             eprintln!("ember-invoke-router up: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn credentials_are_private_and_kept() {
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("share/ember");
+        let (id, secret) = default_credentials(&data).unwrap();
+        let file = data.join("default-tenant.toml");
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&file), 0o600);
+        assert!(!durable::temp_name(&file).exists());
+        // An older version's world-readable files: fixed, same key kept.
+        durable::set_mode(&data, 0o755).unwrap();
+        durable::set_mode(&file, 0o644).unwrap();
+        assert_eq!(default_credentials(&data).unwrap(), (id, secret));
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&file), 0o600);
     }
 }

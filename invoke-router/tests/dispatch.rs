@@ -8,9 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ember_invoke_router::dispatch::clock::ManualClock;
-use ember_invoke_router::dispatch::DispatchError;
+use ember_invoke_router::dispatch::{DispatchError, ErrorClass, InvokeOutput};
 use ember_protocol::{ErrorInfo, Outcome, RuntimeKind};
 use support::*;
+
+/// The class of a failed invocation.
+fn class(r: &Result<InvokeOutput, DispatchError>) -> Option<ErrorClass> {
+    r.as_ref().err().map(DispatchError::class)
+}
 
 /// Not a test: the fake VMM's entry point (see `support`).
 #[test]
@@ -123,7 +128,7 @@ async fn concurrent_invocations_get_their_own_vms_and_limits_throttle_at_once() 
     let t = Instant::now();
     let third = env.dispatcher.invoke(spec.clone(), input(b"3")).await;
     assert!(
-        matches!(third, Err(DispatchError::TooManyRequests(_))),
+        class(&third) == Some(ErrorClass::TooManyRequests),
         "{third:?}"
     );
     assert!(t.elapsed() < Duration::from_millis(100));
@@ -134,7 +139,7 @@ async fn concurrent_invocations_get_their_own_vms_and_limits_throttle_at_once() 
     let mut throttled = (*spec).clone();
     throttled.reserved_concurrency = Some(0);
     let r = env.dispatcher.invoke(Arc::new(throttled), input(b"")).await;
-    assert!(matches!(r, Err(DispatchError::TooManyRequests(_))));
+    assert!(class(&r) == Some(ErrorClass::TooManyRequests));
     let mut one = (*spec).clone();
     one.reserved_concurrency = Some(1);
     let one = Arc::new(one);
@@ -143,7 +148,7 @@ async fn concurrent_invocations_get_their_own_vms_and_limits_throttle_at_once() 
     let running = tokio::spawn(async move { d.invoke(o, input(b"")).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = env.dispatcher.invoke(one, input(b"")).await;
-    assert!(matches!(r, Err(DispatchError::TooManyRequests(_))), "{r:?}");
+    assert!(class(&r) == Some(ErrorClass::TooManyRequests), "{r:?}");
     running.await.unwrap().unwrap();
     assert!(env
         .metrics
@@ -169,7 +174,7 @@ async fn no_capacity_waits_then_429_and_idle_vms_of_others_are_evicted() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let t = Instant::now();
     let r = env.dispatcher.invoke(other.clone(), input(b"x")).await;
-    assert!(matches!(r, Err(DispatchError::TooManyRequests(_))), "{r:?}");
+    assert!(class(&r) == Some(ErrorClass::TooManyRequests), "{r:?}");
     assert!(t.elapsed() >= Duration::from_secs(1));
     let slow_slot = busy.await.unwrap().unwrap().slot_id;
     // Now `slow`'s VM is idle: `other` evicts it and cold starts.
@@ -220,7 +225,7 @@ async fn a_vm_dying_mid_invocation_is_a_runtime_failure_and_is_cleaned_up() {
         "read -r x; [ \"$x\" = die ] && kill -9 $PPID && sleep 1; echo alive",
     ));
     let r = env.dispatcher.invoke(spec.clone(), input(b"die")).await;
-    assert!(matches!(r, Err(DispatchError::RuntimeFailed(_))), "{r:?}");
+    assert!(class(&r) == Some(ErrorClass::RuntimeFailed), "{r:?}");
     env.wait_all_gone().await;
     let ok = env.dispatcher.invoke(spec, input(b"")).await.unwrap();
     assert!(ok.cold_start);
@@ -235,7 +240,10 @@ async fn an_init_error_is_a_runtime_failure_and_leaves_nothing() {
     spec.runtime = RuntimeKind::Provided;
     let r = env.dispatcher.invoke(Arc::new(spec), input(b"")).await;
     match r {
-        Err(DispatchError::RuntimeFailed(m)) => assert!(m.contains("Runtime."), "{m}"),
+        Err(e @ DispatchError::Placement(_)) => {
+            assert_eq!(e.class(), ErrorClass::RuntimeFailed);
+            assert!(e.to_string().contains("Runtime."), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     env.wait_all_gone().await;
@@ -250,7 +258,9 @@ async fn a_vmm_that_cannot_boot_is_reported_with_its_console() {
     });
     let spec = Arc::new(env.function("t1", "f", "cat"));
     match env.dispatcher.invoke(spec, input(b"")).await {
-        Err(DispatchError::RuntimeFailed(m)) => {
+        Err(e @ DispatchError::Placement(_)) => {
+            assert_eq!(e.class(), ErrorClass::RuntimeFailed);
+            let m = e.to_string();
             assert!(m.contains("status 1"), "{m}");
             assert!(m.contains("no KVM here"), "{m}");
         }
@@ -265,7 +275,7 @@ async fn a_missing_vmm_binary_is_a_service_error() {
     std::fs::remove_file(env.dir.path().join("fake-vmm")).unwrap();
     let spec = Arc::new(env.function("t1", "f", "cat"));
     let r = env.dispatcher.invoke(spec, input(b"")).await;
-    assert!(matches!(r, Err(DispatchError::Unavailable(_))), "{r:?}");
+    assert!(class(&r) == Some(ErrorClass::Unavailable), "{r:?}");
     env.wait_all_gone().await;
 }
 
@@ -382,7 +392,7 @@ async fn shutdown_finishes_in_flight_work_then_stops_every_vm() {
     assert_eq!(out.result.payload, b"finished\n");
     env.wait_all_gone().await;
     let r = env.dispatcher.invoke(idle, input(b"")).await;
-    assert!(matches!(r, Err(DispatchError::Unavailable(_))));
+    assert!(class(&r) == Some(ErrorClass::Unavailable));
 }
 
 #[tokio::test]
@@ -396,6 +406,141 @@ async fn shutdown_aborts_what_outlives_the_grace() {
     env.dispatcher.shutdown(Duration::from_millis(200)).await;
     assert!(t.elapsed() < Duration::from_secs(10));
     let r = running.await.unwrap();
-    assert!(matches!(r, Err(DispatchError::Unavailable(_))), "{r:?}");
+    assert!(class(&r) == Some(ErrorClass::Unavailable), "{r:?}");
     env.wait_all_gone().await;
+}
+
+#[tokio::test]
+async fn each_tenant_gets_its_own_concurrency_limit() {
+    let env = env(Settings {
+        tenants: vec![("one", 1), ("hundred", 100)],
+        ..Default::default()
+    });
+    let one = Arc::new(env.function("one", "slow", "sleep 1; cat"));
+    let hundred = Arc::new(env.function("hundred", "slow", "sleep 1; cat"));
+    let (d, s) = (env.dispatcher.clone(), one.clone());
+    let first = tokio::spawn(async move { d.invoke(s, input(b"1")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The tenant with limit 1 is at its limit: refused at once.
+    let t = Instant::now();
+    let second = env.dispatcher.invoke(one, input(b"2")).await;
+    assert_eq!(
+        class(&second),
+        Some(ErrorClass::TooManyRequests),
+        "{second:?}"
+    );
+    assert!(second
+        .unwrap_err()
+        .to_string()
+        .contains("concurrency of 1 is in use"));
+    assert!(t.elapsed() < Duration::from_millis(200));
+    // The other tenant's three run side by side.
+    let runs: Vec<_> = (0..3)
+        .map(|i| {
+            let (d, s) = (env.dispatcher.clone(), hundred.clone());
+            tokio::spawn(async move { d.invoke(s, input(format!("{i}").as_bytes())).await })
+        })
+        .collect();
+    for r in runs {
+        assert_eq!(r.await.unwrap().unwrap().result.outcome, Outcome::Ok);
+    }
+    first.await.unwrap().unwrap();
+    env.dispatcher.shutdown(Duration::from_secs(5)).await;
+    env.wait_all_gone().await;
+}
+
+#[tokio::test]
+async fn reserved_concurrency_is_carved_from_its_own_tenant() {
+    let env = env(Settings {
+        tenants: vec![("small", 2), ("large", 10)],
+        ..Default::default()
+    });
+    // small reserves its whole limit for `reserved`.
+    let mut reserved = env.function("small", "reserved", "cat");
+    reserved.reserved_concurrency = Some(2);
+    env.dispatcher
+        .invoke(Arc::new(reserved), input(b""))
+        .await
+        .unwrap();
+    // Nothing is left for small's other functions...
+    let small_other = Arc::new(env.function("small", "other", "cat"));
+    let r = env.dispatcher.invoke(small_other, input(b"")).await;
+    assert_eq!(class(&r), Some(ErrorClass::TooManyRequests), "{r:?}");
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("unreserved concurrency of 0"));
+    // ...while large's unreserved share is whole.
+    let large_other = Arc::new(env.function("large", "other", "sleep 1; cat"));
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let (d, s) = (env.dispatcher.clone(), large_other.clone());
+            tokio::spawn(async move { d.invoke(s, input(b"")).await })
+        })
+        .collect();
+    for r in runs {
+        r.await.unwrap().unwrap();
+    }
+    env.dispatcher.shutdown(Duration::from_secs(5)).await;
+    env.wait_all_gone().await;
+}
+
+#[tokio::test]
+async fn a_guest_that_stops_reading_fails_its_own_invocation_and_stalls_nothing() {
+    let clock = Arc::new(ManualClock::new());
+    let env = env(Settings {
+        keep_alive: Duration::from_secs(60),
+        health_interval: Duration::from_secs(30),
+        clock: Some(clock.clone()),
+        ..Default::default()
+    });
+    let other = Arc::new(env.function("t1", "other", "cat"));
+    let warm = env
+        .dispatcher
+        .invoke(other.clone(), input(b"x"))
+        .await
+        .unwrap();
+    let mut deaf = env.deaf_function("t2", "deaf");
+    deaf.timeout = Duration::from_secs(1);
+    let deaf = Arc::new(deaf);
+    // 4 MiB: far more than the socket buffers take without a reader.
+    let started = Instant::now();
+    let (d, s) = (env.dispatcher.clone(), deaf.clone());
+    let stuck = tokio::spawn(async move { d.invoke(s, input(&vec![b'a'; 4 << 20])).await });
+    eventually(15, "the deaf VM runs its invocation", || {
+        env.dispatcher.slots().0.busy == 1
+    })
+    .await;
+    // Meanwhile the other VM's health check and invocations go on...
+    clock.advance(Duration::from_secs(30));
+    let t = Instant::now();
+    env.dispatcher.tick().await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let again = env
+        .dispatcher
+        .invoke(other.clone(), input(b"y"))
+        .await
+        .unwrap();
+    assert_eq!(again.slot_id, warm.slot_id);
+    // ...and so does its reaping.
+    clock.advance(Duration::from_secs(61));
+    let t = Instant::now();
+    env.dispatcher.tick().await;
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    eventually(10, "the idle VM is reaped", || {
+        !env.run_dir.join(&warm.slot_id).exists()
+    })
+    .await;
+    // The deaf guest's invocation fails at its own deadline (timeout +
+    // grace), not later, and its VM, slot and capacity go.
+    let r = tokio::time::timeout(Duration::from_secs(30), stuck)
+        .await
+        .expect("the router blocked on a guest that stopped reading")
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(class(&r), Some(ErrorClass::RuntimeFailed), "{r:?}");
+    assert!(r.unwrap_err().to_string().contains("stopped reading"));
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    env.wait_all_gone().await;
+    env.dispatcher.shutdown(Duration::from_secs(5)).await;
 }

@@ -42,7 +42,6 @@ async fn settled(q: &EventQueue, id: &str) -> EventStatus {
 #[tokio::test]
 async fn events_run_and_failures_are_retried_twice() {
     let env = env(Settings::default());
-    let data = env.dir.path().join("data");
     let count = env.dir.path().join("attempts");
     let ok = env.function("t1", "ok", "tr a-z A-Z");
     let bad = env.function(
@@ -50,9 +49,13 @@ async fn events_run_and_failures_are_retried_twice() {
         "bad",
         &format!("echo x >> '{}'; exit 1", count.display()),
     );
-    let q = EventQueue::open(&data).unwrap();
+    let q = EventQueue::open(&env.config).unwrap();
     q.set_retry_delays([Duration::from_millis(50), Duration::from_millis(100)]);
-    q.start(env.dispatcher.clone(), resolver(vec![ok, bad]));
+    let worker = q.start(
+        env.dispatcher.clone(),
+        resolver(vec![ok, bad]),
+        env.background.clone(),
+    );
     q.enqueue("t1", "ok", "ev-ok", b"event").unwrap();
     q.enqueue("t1", "bad", "ev-bad", b"").unwrap();
     q.enqueue("t1", "gone", "ev-gone", b"").unwrap();
@@ -84,31 +87,70 @@ async fn events_run_and_failures_are_retried_twice() {
         .render()
         .contains("ember_invocations_total{outcome=\"handled_error\"} 3"));
     env.dispatcher.shutdown(Duration::from_secs(5)).await;
+    worker.await.unwrap();
     env.wait_all_gone().await;
 }
 
 #[tokio::test]
 async fn events_queued_before_a_restart_run_after_it() {
     let env = env(Settings::default());
-    let data = env.dir.path().join("data");
     let spec = env.function("t1", "f", "cat");
     {
-        let q = EventQueue::open(&data).unwrap();
+        let q = EventQueue::open(&env.config).unwrap();
         q.enqueue("t1", "f", "ev-1", b"one").unwrap();
         q.enqueue("t1", "f", "ev-2", b"two").unwrap();
         // The router stops before processing them.
     }
-    let q = EventQueue::open(&data).unwrap();
+    let q = EventQueue::open(&env.config).unwrap();
     assert_eq!(q.get("ev-1").unwrap().status, EventStatus::Queued);
-    q.start(env.dispatcher.clone(), resolver(vec![spec]));
+    let worker = q.start(
+        env.dispatcher.clone(),
+        resolver(vec![spec]),
+        env.background.clone(),
+    );
     assert_eq!(settled(&q, "ev-1").await, EventStatus::Succeeded);
     assert_eq!(settled(&q, "ev-2").await, EventStatus::Succeeded);
     assert_eq!(q.get("ev-2").unwrap().result.unwrap().payload, b"two");
     drop(q);
     // And the outcomes are still there after another restart.
-    let q = EventQueue::open(&data).unwrap();
+    let q = EventQueue::open(&env.config).unwrap();
     assert_eq!(q.get("ev-1").unwrap().status, EventStatus::Succeeded);
     assert_eq!(q.get("ev-1").unwrap().result.unwrap().payload, b"one");
     env.dispatcher.shutdown(Duration::from_secs(5)).await;
+    worker.await.unwrap();
+    env.wait_all_gone().await;
+}
+
+#[tokio::test]
+async fn a_tenant_backlog_does_not_delay_another_tenants_event() {
+    let env = env(Settings {
+        tenants: vec![("busy", 100), ("quiet", 10)],
+        ..Default::default()
+    });
+    let slow = env.function("busy", "slow", "sleep 1; cat");
+    let quick = env.function("quiet", "quick", "cat");
+    let mut config = env.config.clone();
+    config.events.workers = 3;
+    config.events.workers_per_tenant = 2;
+    let q = EventQueue::open(&config).unwrap();
+    for i in 0..1000 {
+        q.enqueue("busy", "slow", &format!("busy-{i:04}"), b"x")
+            .unwrap();
+    }
+    // Queued after the whole backlog.
+    q.enqueue("quiet", "quick", "quiet-1", b"first").unwrap();
+    let started = std::time::Instant::now();
+    let worker = q.start(
+        env.dispatcher.clone(),
+        resolver(vec![slow, quick]),
+        env.background.clone(),
+    );
+    assert_eq!(settled(&q, "quiet-1").await, EventStatus::Succeeded);
+    // One cold start and one attempt, not 1,000 slow attempts.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(q.pending_of("busy") > 950, "{}", q.pending_of("busy"));
+    env.dispatcher.shutdown(Duration::from_secs(5)).await;
+    worker.await.unwrap();
     env.wait_all_gone().await;
 }

@@ -22,9 +22,18 @@
 //! [`Message::InitError`]; then [`Invoke`] / [`InvokeResult`] pairs, one at a
 //! time, with [`LogRecord`]s streaming in between; [`Message::Ping`] at any
 //! time; [`Message::Shutdown`] ends the VM.
+//!
+//! The host reaches the agent through the VMM's Unix socket with the
+//! vsock handshake in [`handshake`] (blocking) or `conn` (tokio, the
+//! `tokio` feature), which also holds the async framed connection every
+//! async side uses. [`read_message`] / [`write_message`] are the blocking
+//! equivalents for small static tools.
 
 mod codec;
+#[cfg(feature = "tokio")]
+pub mod conn;
 mod frame;
+pub mod handshake;
 mod message;
 mod wire;
 

@@ -20,9 +20,13 @@ pub struct Key {
 }
 
 impl Key {
-    /// The `--tenant ID:KEY:SECRET` flag that registers this key as `tenant`.
-    pub fn tenant_flag(&self, tenant: &str) -> String {
-        format!("--tenant {tenant}:{}:{}", self.id, self.secret)
+    /// A `[[tenants]]` entry (for a `--tenants-file`) that registers this
+    /// key as `tenant`.
+    pub fn tenant_entry(&self, tenant: &str) -> String {
+        format!(
+            "[[tenants]]\nid = \"{tenant}\"\nkeys = [{{ access_key_id = \"{}\", secret_access_key = \"{}\" }}]\n",
+            self.id, self.secret
+        )
     }
 }
 

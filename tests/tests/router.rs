@@ -49,19 +49,21 @@ impl SoftRouter {
     fn start(a: &Artifacts, tag: &str) -> Self {
         let (port, ctrl) = (free_port(), free_port());
         let dir = tempdir(&format!("router-{tag}"));
+        // Tenants (with their secrets) from a file, never argv.
         let tenants = format!(
-            "{} {}",
-            ALPHA.tenant_flag("alpha"),
-            BETA.tenant_flag("beta")
+            "{}{}",
+            ALPHA.tenant_entry("alpha"),
+            BETA.tenant_entry("beta")
         );
         // A short data dir in the job's own directory: the VMs' vsock
         // sockets live under it and a Unix socket path must fit in 107 bytes.
         let script = format!(
             "export PATH=$PWD/bin:$PATH
+             (umask 077; printf '%s' '{tenants}' >tenants.toml)
              serve() {{
                  ./ember-invoke-router serve --listen 0.0.0.0:{port} --data-dir $PWD/d \
                      --kernel vmlinux --initramfs initramfs --vmm ./ember-vmm \
-                     --capacity-mem-mib 2048 --capacity-vcpus 8 {tenants} >>router.log 2>&1 &
+                     --capacity-mem-mib 2048 --capacity-vcpus 8 --tenants-file tenants.toml >>router.log 2>&1 &
                  router=$!
              }}
              stop() {{

@@ -54,18 +54,20 @@ impl Platform {
         let dir = tempdir("runtimes");
         let python = runtime_image("EMBER_RUNTIME_PYTHON313");
         let node = runtime_image("EMBER_RUNTIME_NODEJS20");
+        // Tenants (with their secrets) from a file, never argv.
+        let tenants = KEY.tenant_entry("t");
         let script = format!(
             "export PATH=$PWD/bin:$PATH
+             (umask 077; printf '%s' '{tenants}' >tenants.toml)
              ./ember-invoke-router serve --listen 0.0.0.0:{port} --data-dir $PWD/d \
                  --kernel vmlinux --initramfs initramfs --vmm ./ember-vmm \
                  --runtime-image python3.13=$PWD/python.ext4 --runtime-image nodejs20.x=$PWD/node.ext4 \
-                 --capacity-mem-mib 3072 --capacity-vcpus 16 --tenant t:{}:{} >router.log 2>&1 &
+                 --capacity-mem-mib 3072 --capacity-vcpus 16 --tenants-file tenants.toml >router.log 2>&1 &
              router=$!
              echo ok | ./busybox nc -l -p {ctrl} >/dev/null
              kill -TERM $router; wait $router; echo \"ROUTER-EXIT $?\"
              echo '--- router log ---'
-             cat router.log",
-            KEY.id, KEY.secret
+             cat router.log"
         );
         let puts = [
             format!("{}:ember-invoke-router", a.router.display()),

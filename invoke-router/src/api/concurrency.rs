@@ -1,5 +1,6 @@
 //! Reserved concurrency: Put/Get/DeleteFunctionConcurrency. The sum of a
-//! tenant's reservations may not exceed its concurrency limit.
+//! tenant's reservations may not exceed its concurrency limit (checked
+//! under the tenant's reservations lock; registry work on the blocking pool).
 
 use std::sync::Arc;
 
@@ -11,8 +12,9 @@ use axum::{Extension, Json};
 use serde_json::json;
 
 use super::error::ApiError;
+use super::functions::{load, registry};
 use super::shapes::{parse_body, ConcurrencyRequest};
-use super::{AppState, Caller};
+use super::{resolve_name, AppState, Caller};
 
 /// PutFunctionConcurrency → `{"ReservedConcurrentExecutions": n}`.
 pub async fn put(
@@ -31,11 +33,12 @@ pub async fn put(
              satisfy constraint: Member must have value greater than or equal to 0"
         ))
     })?;
-    let _changes = state.changes.lock().await;
-    let rec = state.function(&caller.0, &name, None)?;
-    let others = state
-        .registry
-        .reserved_total_except(&caller.0.id, &rec.name)?;
+    let name = resolve_name(&caller.0, &name, None)?;
+    let _function = state.changes.function(&caller.0.id, &name).await;
+    let _reservations = state.changes.reservations(&caller.0.id).await;
+    let rec = load(&state, &caller.0, &name, None).await?;
+    let (t, f) = (caller.0.id.clone(), rec.name.clone());
+    let others = registry(&state, move |r| r.reserved_total_except(&t, &f)).await?;
     let limit = u64::from(caller.0.concurrency);
     if others + u64::from(n) > limit {
         return Err(ApiError::invalid_parameter(format!(
@@ -44,9 +47,8 @@ pub async fn put(
              {limit} and other functions reserve {others}"
         )));
     }
-    state
-        .registry
-        .set_reserved_concurrency(&caller.0.id, &rec.name, Some(n))?;
+    let (t, f) = (caller.0.id.clone(), rec.name.clone());
+    registry(&state, move |r| r.set_reserved_concurrency(&t, &f, Some(n))).await?;
     Ok(Json(json!({ "ReservedConcurrentExecutions": n })).into_response())
 }
 
@@ -56,7 +58,7 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rec = state.function(&caller.0, &name, None)?;
+    let rec = load(&state, &caller.0, &name, None).await?;
     let body = match rec.reserved_concurrency {
         Some(n) => json!({ "ReservedConcurrentExecutions": n }),
         None => json!({}),
@@ -70,10 +72,10 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let _changes = state.changes.lock().await;
-    let rec = state.function(&caller.0, &name, None)?;
-    state
-        .registry
-        .set_reserved_concurrency(&caller.0.id, &rec.name, None)?;
+    let name = resolve_name(&caller.0, &name, None)?;
+    let _function = state.changes.function(&caller.0.id, &name).await;
+    let rec = load(&state, &caller.0, &name, None).await?;
+    let (t, f) = (caller.0.id.clone(), rec.name.clone());
+    registry(&state, move |r| r.set_reserved_concurrency(&t, &f, None)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -77,6 +77,22 @@ impl ApiError {
         )
     }
 
+    /// A tenant quota a change would break: 400 CodeStorageExceededException
+    /// for code bytes (as Lambda), 409 ResourceConflictException for the
+    /// function count (Lambda has no such quota; 409 is modelled for
+    /// CreateFunction and, unlike 429, not retried by the SDKs).
+    pub fn quota(q: &crate::quotas::QuotaExceeded) -> Self {
+        use crate::quotas::QuotaExceeded as Q;
+        match q {
+            Q::CodeBytes { .. } => Self::new(
+                StatusCode::BAD_REQUEST,
+                "CodeStorageExceededException",
+                q.to_string(),
+            ),
+            Q::Functions { .. } => Self::conflict(q.to_string()),
+        }
+    }
+
     /// 500 ServiceException.
     pub fn service(message: impl Into<String>) -> Self {
         Self::new(
@@ -140,6 +156,7 @@ impl From<crate::registry::RegistryError> for ApiError {
                 "PreconditionFailedException",
                 "The Revision Id provided does not match the latest Revision Id. Call the GetFunction/GetAlias API to retrieve the latest Revision Id",
             ),
+            E::Quota(q) => ApiError::quota(&q),
             other => ApiError::service(other.to_string()),
         }
     }

@@ -21,7 +21,8 @@ use ember_protocol::{Outcome, LOG_TAIL_LEN};
 
 use super::error::ApiError;
 use super::{AppState, Caller};
-use crate::dispatch::{DispatchError, InvokeInput, InvokeOutput};
+use crate::dispatch::{DispatchError, ErrorClass, InvokeInput, InvokeOutput};
+use crate::events::EventError;
 use crate::registry::InvocationLog;
 use crate::timefmt;
 
@@ -146,16 +147,27 @@ pub fn function_reply(
     }
 }
 
-/// Maps a dispatch failure to Lambda's error.
+/// Maps a dispatch failure to Lambda's error, by its class.
 pub fn dispatch_error(e: &DispatchError) -> ApiError {
-    match e {
-        DispatchError::TooManyRequests(m) => ApiError::too_many(m.clone()),
-        DispatchError::RuntimeFailed(m) => ApiError::new(
+    match e.class() {
+        ErrorClass::TooManyRequests => ApiError::too_many(e.to_string()),
+        ErrorClass::RuntimeFailed => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "InvalidRuntimeException",
-            m.clone(),
+            e.to_string(),
         ),
-        DispatchError::Unavailable(m) => ApiError::service(m.clone()),
+        ErrorClass::Unavailable => ApiError::service(e.to_string()),
+    }
+}
+
+/// Maps a refused Event to Lambda's error: a full queue is throttling.
+pub fn event_error(e: &EventError) -> ApiError {
+    match e {
+        EventError::TenantQueueFull { .. } | EventError::QueueFull => {
+            ApiError::too_many(e.to_string())
+        }
+        EventError::PayloadTooLarge(_) => ApiError::too_large(MAX_EVENT_PAYLOAD, "Invoke"),
+        _ => ApiError::service(format!("could not queue the event: {e}")),
     }
 }
 
@@ -257,10 +269,17 @@ pub async fn invoke(
             if body.len() > MAX_EVENT_PAYLOAD {
                 return Err(ApiError::too_large(MAX_EVENT_PAYLOAD, "Invoke"));
             }
-            state
-                .events
-                .enqueue(&caller.0.id, &rec.name, &request_id, &body)
-                .map_err(|e| ApiError::service(format!("could not queue the event: {e}")))?;
+            // Durable: fsyncs, so off the async executor.
+            let (events, tenant, name, id) = (
+                state.events.clone(),
+                caller.0.id.clone(),
+                rec.name.clone(),
+                request_id.clone(),
+            );
+            tokio::task::spawn_blocking(move || events.enqueue(&tenant, &name, &id, &body))
+                .await
+                .map_err(|e| ApiError::service(format!("could not queue the event: {e}")))?
+                .map_err(|e| event_error(&e))?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             set(resp.headers_mut(), "x-amzn-RequestId", &request_id);
             Ok(resp)

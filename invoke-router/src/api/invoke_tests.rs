@@ -3,6 +3,8 @@
 use ember_protocol::{ErrorInfo, ExitInfo, InvokeResult};
 
 use super::*;
+use crate::dispatch::counting::Throttle;
+use crate::dispatch::placement::PlacementError;
 
 fn output(outcome: Outcome, payload: &[u8], tail: &[u8]) -> InvokeOutput {
     InvokeOutput {
@@ -96,19 +98,22 @@ async fn function_errors_are_200_with_the_error_header() {
 async fn dispatch_errors_map_to_lambda_errors() {
     let cases = [
         (
-            DispatchError::TooManyRequests("Rate Exceeded.".into()),
+            DispatchError::Throttled(Throttle::TenantLimit(1)),
             429,
             "TooManyRequestsException",
             "User",
         ),
         (
-            DispatchError::RuntimeFailed("init failed".into()),
+            DispatchError::Placement(PlacementError::Init {
+                error_type: "Runtime.ExitError".into(),
+                error_message: "init failed".into(),
+            }),
             502,
             "InvalidRuntimeException",
             "Service",
         ),
         (
-            DispatchError::Unavailable("vmm missing".into()),
+            DispatchError::Placement(PlacementError::Host("vmm missing".into())),
             500,
             "ServiceException",
             "Service",
@@ -123,6 +128,16 @@ async fn dispatch_errors_map_to_lambda_errors() {
         assert_eq!(doc["Type"], fault);
         assert!(doc["message"].is_string());
     }
+}
+
+#[test]
+fn a_full_event_queue_is_throttling() {
+    let e = event_error(&EventError::TenantQueueFull { limit: 5 });
+    assert_eq!(e.status.as_u16(), 429);
+    assert_eq!(e.code, "TooManyRequestsException");
+    assert!(e.message.contains("5 Event invocations"), "{}", e.message);
+    let e = event_error(&EventError::Duplicate("x".into()));
+    assert_eq!(e.status.as_u16(), 500);
 }
 
 #[test]

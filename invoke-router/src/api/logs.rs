@@ -22,7 +22,7 @@ pub async fn invocation_logs(
     Extension(caller): Extension<Caller>,
     Path((name, request_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let rec = state.function(&caller.0, &name, None)?;
+    let rec = super::functions::load(&state, &caller.0, &name, None).await?;
     let unknown = || {
         ApiError::not_found(format!(
             "No invocation {request_id} of function {}",
@@ -32,10 +32,9 @@ pub async fn invocation_logs(
     if !ember_protocol::is_valid_request_id(&request_id) {
         return Err(unknown());
     }
-    if let Some(log) = state
-        .registry
-        .invocation(&caller.0.id, &rec.name, &request_id)?
-    {
+    let (t, f, id) = (caller.0.id.clone(), rec.name.clone(), request_id.clone());
+    let found = super::functions::registry(&state, move |r| r.invocation(&t, &f, &id)).await?;
+    if let Some(log) = found {
         return Ok(Json(json!({
             "RequestId": log.request_id,
             "FunctionName": log.function,

@@ -32,12 +32,12 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use tokio::sync::Mutex;
 
 use crate::codestore::CodeStore;
 use crate::config::{ServeConfig, TenantConfig};
 use crate::dispatch::{Dispatcher, FunctionSpec};
 use crate::events::EventQueue;
+use crate::locks::ChangeLocks;
 use crate::metrics::Metrics;
 use crate::registry::{FunctionRecord, Registry};
 use error::ApiError;
@@ -51,6 +51,8 @@ pub struct Tenant {
     pub account: String,
     /// Its concurrency limit.
     pub concurrency: u32,
+    /// Its storage quotas.
+    pub quotas: crate::quotas::Quotas,
 }
 
 /// The authenticated caller, put in each request's extensions.
@@ -75,11 +77,9 @@ pub struct AppState {
     pub events: Arc<EventQueue>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Managed runtimes' images.
-    pub runtime_images: crate::runtimes::RuntimeImages,
-    /// Serializes changes to functions, so that code garbage collection
-    /// never races a create or update storing the same code.
-    pub changes: Mutex<()>,
+    /// Locks per function and per code version (see `locks.rs`): changes
+    /// to one function wait for each other only.
+    pub changes: ChangeLocks,
 }
 
 impl AppState {
@@ -113,8 +113,7 @@ impl AppState {
             dispatcher,
             events,
             metrics,
-            runtime_images: config.runtime_images.clone(),
-            changes: Mutex::new(()),
+            changes: ChangeLocks::default(),
         }
     }
 
@@ -128,15 +127,13 @@ impl AppState {
 
     /// What the data plane needs to run a stored function.
     pub fn spec(&self, tenant: &Tenant, rec: &FunctionRecord) -> Arc<FunctionSpec> {
-        let runtime = crate::runtimes::kind(&rec.runtime);
         Arc::new(FunctionSpec {
             tenant: rec.tenant.clone(),
             name: rec.name.clone(),
             arn: self.arn(tenant, &rec.name),
             revision: rec.revision_id.clone(),
             code_image: self.code.image_path(&rec.code_sha256_hex),
-            runtime,
-            runtime_image: self.runtime_images.image(runtime).map(Into::into),
+            runtime: rec.runtime.kind(),
             handler: rec.handler.clone(),
             env: rec
                 .env
@@ -175,6 +172,7 @@ fn tenant_of(t: &TenantConfig) -> Tenant {
         id: t.id.clone(),
         account: t.account(),
         concurrency: t.concurrency,
+        quotas: t.quotas,
     }
 }
 

@@ -7,16 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::registry::FunctionRecord;
+use crate::runtime::Runtime;
 
-/// Runtimes we run: Lambda's OS-only runtimes, its managed runtimes whose
-/// image we build (`crate::runtimes`), and Ember's `exec`.
-pub const RUNTIMES: [&str; 5] = [
-    "provided.al2023",
-    "provided",
-    "python3.13",
-    "nodejs20.x",
-    "exec",
-];
 /// MemorySize range in MiB.
 pub const MEMORY_RANGE: std::ops::RangeInclusive<i64> = 128..=10240;
 /// Timeout range in seconds.
@@ -194,7 +186,7 @@ impl FunctionConfiguration {
         Self {
             function_name: rec.name.clone(),
             function_arn: arn,
-            runtime: rec.runtime.clone(),
+            runtime: rec.runtime.name().to_string(),
             role: rec.role.clone(),
             handler: rec.handler.clone(),
             code_size: rec.code_size,
@@ -245,23 +237,23 @@ pub fn check_function_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A runtime we support.
-pub fn check_runtime(runtime: &str) -> Result<(), ApiError> {
-    if RUNTIMES.contains(&runtime) {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_parameter(format!(
+/// A runtime we support (Lambda's OS-only runtimes and Ember's `exec`).
+pub fn check_runtime(runtime: &str) -> Result<Runtime, ApiError> {
+    Runtime::parse(runtime).ok_or_else(|| {
+        let names: Vec<&str> = Runtime::ALL.iter().map(|r| r.name()).collect();
+        ApiError::invalid_parameter(format!(
             "Value {} at 'runtime' failed to satisfy constraint: Member must satisfy enum value set: [{}]",
             truncate(runtime, 64),
-            RUNTIMES.join(", ")
-        )))
-    }
+            names.join(", ")
+        ))
+    })
 }
 
 /// A handler for `runtime`: a non-blank word of at most 128 characters for
 /// Lambda's runtimes; for `exec` a shell command of at most 4096 bytes.
-pub fn check_handler(runtime: &str, handler: &str) -> Result<(), ApiError> {
-    let ok = if runtime == "exec" {
+pub fn check_handler(runtime: Runtime, handler: &str) -> Result<(), ApiError> {
+    let exec = runtime == Runtime::Exec;
+    let ok = if exec {
         !handler.trim().is_empty() && handler.len() <= 4096 && !handler.contains('\0')
     } else {
         !handler.is_empty() && handler.len() <= 128 && !handler.chars().any(char::is_whitespace)
@@ -272,7 +264,7 @@ pub fn check_handler(runtime: &str, handler: &str) -> Result<(), ApiError> {
         Err(ApiError::validation(format!(
             "1 validation error detected: Value '{}' at 'handler' failed to satisfy constraint: {}",
             truncate(handler, 128),
-            if runtime == "exec" {
+            if exec {
                 "Member must be a command of 1 to 4096 bytes"
             } else {
                 "Member must satisfy regular expression pattern: [^\\s]+ and have length 1 to 128"
@@ -403,8 +395,8 @@ mod tests {
             check_runtime("python3.12").unwrap_err().code,
             "InvalidParameterValueException"
         );
-        assert!(check_handler("exec", "cat | tr a b").is_ok());
-        assert!(check_handler("provided", "a b").is_err());
+        assert!(check_handler(Runtime::Exec, "cat | tr a b").is_ok());
+        assert!(check_handler(Runtime::Provided, "a b").is_err());
         assert_eq!(check_memory(127).unwrap_err().code, "ValidationException");
         assert_eq!(check_memory(10240).unwrap(), 10240);
         assert!(

@@ -1,6 +1,8 @@
-//! The router's end of one agent connection: the VMM's Firecracker-style
-//! vsock handshake on its Unix socket (`CONNECT <port>\n` → `OK <n>\n`),
-//! then `ember-protocol` frames. Every wait has a deadline; every frame is
+//! The router's end of one agent connection: the VMM's vsock handshake on
+//! its Unix socket, then `ember-protocol` frames, both from
+//! `ember_protocol::conn`. Every wait has a deadline, writes included: a
+//! guest that stops reading (no vsock credit, no RX buffers) fails the
+//! exchange at its deadline instead of blocking the router. Every frame is
 //! bounded by the protocol's `MAX_BODY_LEN`; anything the agent sends that
 //! does not decode ends the connection (the VM is then recycled, never
 //! trusted again).
@@ -9,21 +11,18 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use ember_protocol::conn::{self, SendError, UnixConnection};
+use ember_protocol::handshake::HandshakeError;
 use ember_protocol::{
-    Configure, EncodeError, ErrorInfo, FrameHeader, Hello, Invoke, InvokeResult, Message,
-    ProtocolError, Ready, HEADER_LEN, LOG_TAIL_LEN,
+    Configure, DecodeError, EncodeError, ErrorInfo, Hello, Invoke, InvokeResult, Message,
+    MessageType, ProtocolError, Ready, LOG_TAIL_LEN,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
 use tokio::time::{timeout_at, Instant};
 
-/// The longest `OK <n>` line the VMM may answer with.
-const MAX_HANDSHAKE_LINE: u64 = 64;
 /// How long one handshake attempt may take before it is retried.
 const HANDSHAKE_ATTEMPT: Duration = Duration::from_secs(2);
-/// Pause between connection attempts while the guest boots.
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
+/// How long a `Shutdown` may take to be written.
+pub const SHUTDOWN_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What went wrong talking to an agent.
 #[derive(Debug, thiserror::Error)]
@@ -31,15 +30,29 @@ pub enum ConnError {
     /// The deadline passed while waiting for `what`.
     #[error("no {0} from the agent in time")]
     Timeout(&'static str),
+    /// The deadline passed while sending: the guest stopped reading.
+    #[error("the agent did not take the {0:?} message in time (it stopped reading)")]
+    SendTimeout(MessageType),
     /// The stream ended (the VM stopped or the agent closed it).
     #[error("the agent connection closed")]
     Closed,
+    /// The vsock handshake failed.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
     /// A socket error.
     #[error("agent connection: {0}")]
     Io(#[from] io::Error),
-    /// The agent sent something that breaks the protocol.
+    /// The agent sent a frame that does not decode.
     #[error("protocol violation: {0}")]
-    Protocol(String),
+    Decode(DecodeError),
+    /// The agent sent a message out of turn.
+    #[error("protocol violation: expected {expected}, got {got:?}")]
+    Unexpected {
+        /// What was expected.
+        expected: &'static str,
+        /// What came.
+        got: MessageType,
+    },
     /// The agent refused our frame.
     #[error("the agent refused the frame: {:?}: {}", .0.code, .0.message)]
     Refused(ProtocolError),
@@ -54,8 +67,7 @@ pub enum ConnError {
 /// One connection to a guest agent.
 #[derive(Debug)]
 pub struct AgentConn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    conn: UnixConnection,
     /// The tail of output logged before the runtime became ready (for
     /// init-failure reports).
     init_log: Vec<u8>,
@@ -63,47 +75,35 @@ pub struct AgentConn {
 
 impl AgentConn {
     /// Connects to vsock `port` through the VMM's Unix socket `uds`,
-    /// retrying until the guest listens or `deadline` passes. A guest that
-    /// is not listening yet answers a `CONNECT` by closing the stream.
+    /// retrying until the guest listens or `deadline` passes.
     pub async fn connect(uds: &Path, port: u32, deadline: Instant) -> Result<AgentConn, ConnError> {
-        loop {
-            if Instant::now() >= deadline {
-                return Err(ConnError::Timeout("vsock connection"));
-            }
-            let attempt_end = deadline.min(Instant::now() + HANDSHAKE_ATTEMPT);
-            if let Ok(Ok(Some(conn))) = timeout_at(attempt_end, handshake(uds, port)).await {
-                return Ok(conn);
-            }
-            tokio::time::sleep(RETRY_PAUSE).await;
+        let stream = conn::connect(uds, port, deadline, HANDSHAKE_ATTEMPT).await?;
+        Ok(AgentConn {
+            conn: UnixConnection::unix(stream),
+            init_log: Vec::new(),
+        })
+    }
+
+    /// Sends one message, giving up at `deadline`. A send cut short leaves
+    /// the stream out of step: the caller must drop the connection.
+    pub async fn send(&mut self, m: &Message, deadline: Instant) -> Result<(), ConnError> {
+        match timeout_at(deadline, self.conn.write(m)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(SendError::Encode(e))) => Err(ConnError::Encode(e)),
+            Ok(Err(SendError::Io(e))) => Err(ConnError::Io(e)),
+            Err(_) => Err(ConnError::SendTimeout(m.message_type())),
         }
     }
 
-    /// Sends one message.
-    pub async fn send(&mut self, m: &Message) -> Result<(), ConnError> {
-        let frame = m.encode()?;
-        self.writer.write_all(&frame).await?;
-        self.writer.flush().await?;
-        Ok(())
-    }
-
-    /// Receives the next message, whatever it is.
+    /// Receives the next message, whatever it is (cancel safe).
     pub async fn recv(&mut self) -> Result<Message, ConnError> {
-        let mut head = [0u8; HEADER_LEN];
-        match self.reader.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ConnError::Closed),
-            Err(e) => return Err(e.into()),
+        match self.conn.read().await {
+            Ok(Some(Ok(m))) => Ok(m),
+            Ok(Some(Err(e))) => Err(ConnError::Decode(e)),
+            Ok(None) => Err(ConnError::Closed),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
+            Err(e) => Err(ConnError::Io(e)),
         }
-        let header = FrameHeader::parse(&head).map_err(|e| ConnError::Protocol(e.to_string()))?;
-        let mut body = vec![0u8; header.body_len];
-        match self.reader.read_exact(&mut body).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(ConnError::Closed),
-            Err(e) => return Err(e.into()),
-        }
-        header
-            .decode_body(&body)
-            .map_err(|e| ConnError::Protocol(e.to_string()))
     }
 
     async fn recv_until(
@@ -123,10 +123,10 @@ impl AgentConn {
                 Message::Hello(h) => return Ok(h),
                 Message::Log(l) => self.note_init_log(&l.data),
                 other => {
-                    return Err(ConnError::Protocol(format!(
-                        "expected Hello, got {:?}",
-                        other.message_type()
-                    )))
+                    return Err(ConnError::Unexpected {
+                        expected: "Hello",
+                        got: other.message_type(),
+                    })
                 }
             }
         }
@@ -134,7 +134,7 @@ impl AgentConn {
 
     /// Configures the function and waits for its runtime to be ready.
     pub async fn configure(&mut self, c: Configure, deadline: Instant) -> Result<Ready, ConnError> {
-        self.send(&Message::Configure(c)).await?;
+        self.send(&Message::Configure(c), deadline).await?;
         loop {
             match self.recv_until(deadline, "Ready").await? {
                 Message::Ready(r) => return Ok(r),
@@ -159,15 +159,16 @@ impl AgentConn {
         }
     }
 
-    /// Runs one invocation and waits for its result until `deadline`. Log
-    /// records in between are dropped: the result carries their tail.
+    /// Runs one invocation and waits for its result until `deadline` (the
+    /// send included). Log records in between are dropped: the result
+    /// carries their tail.
     pub async fn invoke(
         &mut self,
         inv: Invoke,
         deadline: Instant,
     ) -> Result<InvokeResult, ConnError> {
         let id = inv.request_id.clone();
-        self.send(&Message::Invoke(inv)).await?;
+        self.send(&Message::Invoke(inv), deadline).await?;
         loop {
             match self.recv_until(deadline, "Result").await? {
                 Message::Result(r) if r.request_id == id => return Ok(r),
@@ -182,13 +183,13 @@ impl AgentConn {
         }
     }
 
-    /// Pings the agent and waits for the matching pong.
+    /// Pings the agent and waits for the matching pong, all by `deadline`.
     pub async fn ping(&mut self, nonce: u64, deadline: Instant) -> Result<(), ConnError> {
-        self.send(&Message::Ping(nonce)).await?;
+        self.send(&Message::Ping(nonce), deadline).await?;
         loop {
             match self.recv_until(deadline, "Pong").await? {
                 Message::Pong(n) if n == nonce => return Ok(()),
-                Message::Ping(n) => self.send(&Message::Pong(n)).await?,
+                Message::Ping(n) => self.send(&Message::Pong(n), deadline).await?,
                 _ => {}
             }
         }
@@ -197,43 +198,7 @@ impl AgentConn {
     /// Asks the agent to power the VM off (best effort: the caller waits
     /// for the VMM to exit and kills it if it does not).
     pub async fn shutdown(&mut self) {
-        let _ = timeout_at(
-            Instant::now() + Duration::from_secs(1),
-            self.send(&Message::Shutdown),
-        )
-        .await;
+        let deadline = Instant::now() + SHUTDOWN_SEND_TIMEOUT;
+        let _ = self.send(&Message::Shutdown, deadline).await;
     }
-}
-
-/// One connection attempt: `Ok(None)` when the guest is not listening yet.
-async fn handshake(uds: &Path, port: u32) -> Result<Option<AgentConn>, ConnError> {
-    let stream = match UnixStream::connect(uds).await {
-        Ok(s) => s,
-        // The VMM has not bound its socket yet, or is gone.
-        Err(_) => return Ok(None),
-    };
-    let (r, mut writer) = stream.into_split();
-    writer
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .await?;
-    let mut reader = BufReader::new(r);
-    let mut line = Vec::new();
-    (&mut reader)
-        .take(MAX_HANDSHAKE_LINE)
-        .read_until(b'\n', &mut line)
-        .await?;
-    if line.is_empty() {
-        return Ok(None);
-    }
-    if !line.ends_with(b"\n") || !line.starts_with(b"OK ") {
-        return Err(ConnError::Protocol(format!(
-            "bad vsock handshake answer {:?}",
-            String::from_utf8_lossy(&line)
-        )));
-    }
-    Ok(Some(AgentConn {
-        reader,
-        writer,
-        init_log: Vec::new(),
-    }))
 }

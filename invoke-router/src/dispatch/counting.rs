@@ -75,20 +75,26 @@ impl TenantCount {
     }
 }
 
-/// In-flight counts per tenant and function.
+/// In-flight counts per tenant and function, against each tenant's own limit.
 #[derive(Debug)]
 pub struct Counting {
-    tenant_limit: u32,
+    /// Concurrency limit per tenant id; a tenant not listed may run none.
+    limits: HashMap<String, u32>,
     tenants: HashMap<String, TenantCount>,
 }
 
 impl Counting {
-    /// Counting with `tenant_limit` concurrent invocations per tenant.
-    pub fn new(tenant_limit: u32) -> Self {
+    /// Counting with each tenant's concurrency limit (tenant id → limit).
+    pub fn new(limits: HashMap<String, u32>) -> Self {
         Counting {
-            tenant_limit,
+            limits,
             tenants: HashMap::new(),
         }
+    }
+
+    /// The concurrency limit of `tenant` (0 for a tenant not configured).
+    pub fn limit(&self, tenant: &str) -> u32 {
+        self.limits.get(tenant).copied().unwrap_or(0)
     }
 
     /// Admits one invocation of `function` (whose reserved concurrency is
@@ -99,7 +105,7 @@ impl Counting {
         function: &str,
         reserved: Option<u32>,
     ) -> Result<Admission, Throttle> {
-        let limit = self.tenant_limit;
+        let limit = self.limit(tenant);
         let t = self.tenants.entry(tenant.to_string()).or_default();
         match reserved {
             Some(r) => {
@@ -198,9 +204,55 @@ impl Counting {
 mod tests {
     use super::*;
 
+    /// Tenants `t` and `u`, both with `limit`.
+    fn counting(limit: u32) -> Counting {
+        Counting::new([("t".to_string(), limit), ("u".to_string(), limit)].into())
+    }
+
+    #[test]
+    fn each_tenant_has_its_own_limit() {
+        let mut c = Counting::new([("small".to_string(), 1), ("big".to_string(), 100)].into());
+        let _a = c.admit("small", "f", None).unwrap();
+        assert_eq!(
+            c.admit("small", "f", None),
+            Err(Throttle::UnreservedLimit(1))
+        );
+        for _ in 0..100 {
+            c.admit("big", "f", None).unwrap();
+        }
+        assert_eq!(
+            c.admit("big", "f", None),
+            Err(Throttle::UnreservedLimit(100))
+        );
+        // A tenant nobody configured runs nothing.
+        assert_eq!(
+            c.admit("stranger", "f", None),
+            Err(Throttle::UnreservedLimit(0))
+        );
+    }
+
+    #[test]
+    fn a_reservation_is_carved_from_its_own_tenant_only() {
+        let mut c = Counting::new([("a".to_string(), 3), ("b".to_string(), 3)].into());
+        let _r = c.admit("a", "reserved", Some(2)).unwrap();
+        let _x = c.admit("a", "other", None).unwrap();
+        assert_eq!(
+            c.admit("a", "other", None),
+            Err(Throttle::UnreservedLimit(1))
+        );
+        // b keeps its whole limit for unreserved functions.
+        for _ in 0..3 {
+            c.admit("b", "other", None).unwrap();
+        }
+        assert_eq!(
+            c.admit("b", "other", None),
+            Err(Throttle::UnreservedLimit(3))
+        );
+    }
+
     #[test]
     fn the_tenant_limit_caps_all_functions_together() {
-        let mut c = Counting::new(2);
+        let mut c = counting(2);
         let a = c.admit("t", "f", None).unwrap();
         let _b = c.admit("t", "g", None).unwrap();
         assert_eq!(c.admit("t", "h", None), Err(Throttle::UnreservedLimit(2)));
@@ -213,7 +265,7 @@ mod tests {
 
     #[test]
     fn reserved_concurrency_caps_the_function() {
-        let mut c = Counting::new(10);
+        let mut c = counting(10);
         let a = c.admit("t", "f", Some(1)).unwrap();
         assert_eq!(c.admit("t", "f", Some(1)), Err(Throttle::FunctionLimit(1)));
         c.release(a);
@@ -222,14 +274,14 @@ mod tests {
 
     #[test]
     fn zero_reserved_concurrency_throttles_everything() {
-        let mut c = Counting::new(10);
+        let mut c = counting(10);
         assert_eq!(c.admit("t", "f", Some(0)), Err(Throttle::FunctionThrottled));
         assert_eq!(c.function_in_flight("t", "f"), 0);
     }
 
     #[test]
     fn a_reservation_is_set_aside_from_the_unreserved_share() {
-        let mut c = Counting::new(3);
+        let mut c = counting(3);
         // f reserves 2: others share 1.
         let f1 = c.admit("t", "f", Some(2)).unwrap();
         let g1 = c.admit("t", "g", None).unwrap();
@@ -250,7 +302,7 @@ mod tests {
 
     #[test]
     fn reservations_over_the_limit_still_respect_the_tenant_total() {
-        let mut c = Counting::new(2);
+        let mut c = counting(2);
         let _a = c.admit("t", "f", Some(5)).unwrap();
         let _b = c.admit("t", "f", Some(5)).unwrap();
         assert_eq!(c.admit("t", "f", Some(5)), Err(Throttle::TenantLimit(2)));
@@ -258,7 +310,7 @@ mod tests {
 
     #[test]
     fn released_tenants_leave_no_state() {
-        let mut c = Counting::new(2);
+        let mut c = counting(2);
         let a = c.admit("t", "f", None).unwrap();
         c.release(a);
         assert!(c.tenants.is_empty());

@@ -9,33 +9,46 @@
 //! - [`lifecycle`]: keep-alive reaping, health pings, retiring, shutdown.
 //! - [`slot`], [`clock`]: the words and the time they use.
 //!
-//! [`Dispatcher`] is the thin async shell around them: it asks the state
-//! machines what to do, does it, and reports back. Each invocation runs in
-//! its own task, so a caller that goes away (an HTTP client hanging up)
-//! never leaves a slot half-used.
+//! - [`error`]: why an invocation did not run, with its cause.
+//!
+//! [`Dispatcher`] is the thin async shell around them: an owned object
+//! (cheap to clone, one shared core) whose methods ask the state machines
+//! what to do, do it, and report back; `invocation.rs` and `lifecycle.rs`
+//! hold more of its methods. Each invocation runs in its own task, so a
+//! caller that goes away (an HTTP client hanging up) never leaves a slot
+//! half-used. Every task it starts (invocations, VM stops, health checks,
+//! the lifecycle loop) is tracked and joined by [`Dispatcher::shutdown`];
+//! the shutdown token stops the loops, the abort token cuts in-flight work
+//! short once the grace is over.
 
 pub mod agent_conn;
 pub mod assignment;
 pub mod clock;
 pub mod counting;
+pub mod error;
 mod invocation;
 pub mod lifecycle;
 pub mod placement;
 pub mod slot;
 
+pub use error::{DispatchError, ErrorClass};
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::config::{ServeConfig, TimingSettings};
 use crate::metrics::{CapacityGauges, InvocationOutcome, Metrics, SlotGauges};
 use assignment::{Assignment, Capacity};
 use clock::{Clock, SystemClock};
 use counting::Counting;
-use placement::{PlacementConfig, Vm};
+use placement::{Placement, Vm};
 use slot::SlotId;
 
 /// Everything the dispatcher needs to know about a function to run it.
@@ -53,9 +66,6 @@ pub struct FunctionSpec {
     pub code_image: PathBuf,
     /// Which runtime runs the handler.
     pub runtime: ember_protocol::RuntimeKind,
-    /// A managed runtime's root file system (the VM's second, read-only
-    /// drive); `None` for the others, or when this router has none.
-    pub runtime_image: Option<PathBuf>,
     /// The handler.
     pub handler: String,
     /// The function's environment variables.
@@ -92,46 +102,6 @@ pub struct InvokeOutput {
     pub slot_id: String,
 }
 
-/// Why an invocation did not run to a result.
-#[derive(Debug, thiserror::Error)]
-pub enum DispatchError {
-    /// Over a concurrency limit, or no capacity within the queue wait
-    /// (→ 429 TooManyRequestsException).
-    #[error("{0}")]
-    TooManyRequests(String),
-    /// The VM or runtime broke: init error, crash before a result (→ 502).
-    #[error("{0}")]
-    RuntimeFailed(String),
-    /// The router cannot run it: shutting down, cannot launch VMs (→ 500).
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// How the dispatcher runs VMs.
-#[derive(Debug, Clone)]
-pub struct DispatchConfig {
-    /// The `ember-vmm` binary.
-    pub vmm: PathBuf,
-    /// The guest kernel (`vmlinux`).
-    pub kernel: PathBuf,
-    /// The guest initramfs.
-    pub initramfs: PathBuf,
-    /// Per-VM dirs live under it.
-    pub run_dir: PathBuf,
-    /// Host memory (MiB) VMs may use, VMM overhead included.
-    pub capacity_mem_mib: u64,
-    /// Host vCPUs VMs may use (one per VM).
-    pub capacity_vcpus: u32,
-    /// Per-tenant concurrency limit.
-    pub tenant_concurrency: u32,
-    /// Idle VMs are stopped after this long unused.
-    pub keep_alive: Duration,
-    /// How long an invocation may wait for a slot or capacity before 429.
-    pub queue_wait: Duration,
-    /// How often idle VMs are pinged.
-    pub health_interval: Duration,
-}
-
 /// Mutable dispatcher state, behind one lock (never held across an await).
 struct State {
     assignment: Assignment,
@@ -142,10 +112,10 @@ struct State {
     in_flight: usize,
 }
 
-/// What the dispatcher's tasks share.
-struct Shared {
-    config: DispatchConfig,
-    placement: PlacementConfig,
+/// What the dispatcher's handles and tasks share.
+struct Core {
+    timing: TimingSettings,
+    placement: Placement,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
@@ -153,21 +123,95 @@ struct Shared {
     changed: Notify,
     /// Signalled when the last in-flight invocation ends.
     drained: Notify,
-    shutting_down: AtomicBool,
-    /// Turns true when shutdown's grace is over: in-flight work is aborted.
-    abort: watch::Sender<bool>,
+    /// Cancelled when shutdown begins: no new work, loops end.
+    shutting_down: CancellationToken,
+    /// Cancelled when shutdown's grace is over: in-flight work is aborted.
+    abort: CancellationToken,
+    /// Every task the dispatcher started.
+    tasks: TaskTracker,
     ping_nonce: AtomicU64,
 }
 
-impl Shared {
+/// The data plane: assigns invocations to warm or cold slots and runs them.
+/// Clones share one dispatcher.
+#[derive(Clone)]
+pub struct Dispatcher {
+    core: Arc<Core>,
+}
+
+impl Dispatcher {
+    /// A dispatcher on the real clock, taking its parts of `config`
+    /// (capacity, guest images, timing, tenant limits, the run dir); its
+    /// lifecycle loop runs on the current tokio runtime until `shutdown`
+    /// (a cancelled token) or [`Dispatcher::shutdown`].
+    pub fn new(
+        config: &ServeConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Self::with_clock(config, metrics, Arc::new(SystemClock), shutdown)
+    }
+
+    /// A dispatcher whose reaping and health checks follow `clock`.
+    pub fn with_clock(
+        config: &ServeConfig,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let run_dir = config.run_dir();
+        remove_stale_slot_dirs(&run_dir);
+        let capacity = Capacity {
+            mem_mib: config.capacity.mem_mib,
+            vcpus: config.capacity.vcpus,
+        };
+        let limits = config
+            .tenants
+            .iter()
+            .map(|t| (t.id.clone(), t.concurrency))
+            .collect();
+        let state = State {
+            assignment: Assignment::new(capacity, &slot_prefix()),
+            counting: Counting::new(limits),
+            idle: HashMap::new(),
+            in_flight: 0,
+        };
+        let abort = CancellationToken::new();
+        let core = Arc::new(Core {
+            timing: config.timing,
+            placement: Placement::new(config),
+            metrics,
+            clock,
+            state: Mutex::new(state),
+            changed: Notify::new(),
+            drained: Notify::new(),
+            shutting_down: shutdown,
+            abort,
+            tasks: TaskTracker::new(),
+            ping_nonce: AtomicU64::new(1),
+        });
+        let d = Dispatcher { core };
+        d.publish(&d.lock());
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => {
+                let weak = Arc::downgrade(&d.core);
+                d.core.tasks.spawn(lifecycle::run(weak));
+            }
+            Err(_) => tracing::error!(
+                "Dispatcher::new outside a tokio runtime: no reaping or health checks"
+            ),
+        }
+        Arc::new(d)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.core.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes the slot and capacity gauges.
     fn publish(&self, st: &State) {
         let c = st.assignment.counts();
-        self.metrics.set_slots(SlotGauges {
+        self.core.metrics.set_slots(SlotGauges {
             starting: c.starting,
             idle: c.idle,
             busy: c.busy,
@@ -175,73 +219,12 @@ impl Shared {
             stopping: c.stopping,
         });
         let (used, total) = (st.assignment.used(), st.assignment.capacity());
-        self.metrics.set_capacity(CapacityGauges {
+        self.core.metrics.set_capacity(CapacityGauges {
             used_mem_mib: used.mem_mib,
             total_mem_mib: total.mem_mib,
             used_vcpus: used.vcpus,
             total_vcpus: total.vcpus,
         });
-    }
-}
-
-/// The data plane: assigns invocations to warm or cold slots and runs them.
-pub struct Dispatcher {
-    shared: Arc<Shared>,
-}
-
-impl Dispatcher {
-    /// A dispatcher on the real clock; spawns its background tasks on the
-    /// current tokio runtime.
-    pub fn new(config: DispatchConfig, metrics: Arc<Metrics>) -> Arc<Self> {
-        Self::with_clock(config, metrics, Arc::new(SystemClock))
-    }
-
-    /// A dispatcher whose reaping and health checks follow `clock`.
-    pub fn with_clock(
-        config: DispatchConfig,
-        metrics: Arc<Metrics>,
-        clock: Arc<dyn Clock>,
-    ) -> Arc<Self> {
-        remove_stale_slot_dirs(&config.run_dir);
-        let capacity = Capacity {
-            mem_mib: config.capacity_mem_mib,
-            vcpus: config.capacity_vcpus,
-        };
-        let placement = PlacementConfig {
-            vmm: config.vmm.clone(),
-            kernel: config.kernel.clone(),
-            initramfs: config.initramfs.clone(),
-            run_dir: config.run_dir.clone(),
-            cold_start_timeout: placement::COLD_START_TIMEOUT,
-        };
-        let state = State {
-            assignment: Assignment::new(capacity, &slot_prefix()),
-            counting: Counting::new(config.tenant_concurrency),
-            idle: HashMap::new(),
-            in_flight: 0,
-        };
-        let shared = Arc::new(Shared {
-            config,
-            placement,
-            metrics,
-            clock,
-            state: Mutex::new(state),
-            changed: Notify::new(),
-            drained: Notify::new(),
-            shutting_down: AtomicBool::new(false),
-            abort: watch::channel(false).0,
-            ping_nonce: AtomicU64::new(1),
-        });
-        shared.publish(&shared.lock());
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(lifecycle::run(Arc::downgrade(&shared)));
-            }
-            Err(_) => tracing::error!(
-                "Dispatcher::new outside a tokio runtime: no reaping or health checks"
-            ),
-        }
-        Arc::new(Dispatcher { shared })
     }
 
     /// Runs one invocation: a warm slot of its pool, else a cold start,
@@ -251,15 +234,14 @@ impl Dispatcher {
         spec: Arc<FunctionSpec>,
         input: InvokeInput,
     ) -> Result<InvokeOutput, DispatchError> {
-        let sh = &self.shared;
-        if sh.shutting_down.load(Ordering::SeqCst) {
-            sh.metrics.record_invocation(InvocationOutcome::Unavailable);
-            return Err(DispatchError::Unavailable(
-                "the router is shutting down".into(),
-            ));
+        let core = &self.core;
+        if core.shutting_down.is_cancelled() {
+            core.metrics
+                .record_invocation(InvocationOutcome::Unavailable);
+            return Err(DispatchError::ShuttingDown);
         }
         let admission = {
-            let mut st = sh.lock();
+            let mut st = self.lock();
             match st
                 .counting
                 .admit(&spec.tenant, &spec.name, spec.reserved_concurrency)
@@ -270,52 +252,34 @@ impl Dispatcher {
                 }
                 Err(t) => {
                     drop(st);
-                    sh.metrics.record_invocation(InvocationOutcome::Throttled);
-                    return Err(DispatchError::TooManyRequests(t.message()));
+                    core.metrics.record_invocation(InvocationOutcome::Throttled);
+                    return Err(DispatchError::Throttled(t));
                 }
             }
         };
-        let guard = invocation::AdmissionGuard::new(sh.clone(), admission);
-        let shared = sh.clone();
-        let task = tokio::spawn(async move {
+        let guard = invocation::AdmissionGuard::new(self.clone(), admission);
+        let this = self.clone();
+        let task = core.tasks.spawn(async move {
             let _guard = guard;
-            invocation::run(&shared, spec, input).await
+            this.run(spec, input).await
         });
         let result = task.await.unwrap_or_else(|e| {
             tracing::error!("an invocation task failed: {e}");
-            Err(DispatchError::Unavailable(
-                "the invocation failed inside the router".into(),
-            ))
+            Err(DispatchError::Internal(e))
         });
-        sh.metrics
+        core.metrics
             .record_invocation(invocation::outcome_of(&result));
         result
     }
 
-    /// Stops (after their in-flight invocation) every VM of this function; called on delete and on code/config updates.
-    pub async fn retire(&self, tenant: &str, name: &str) {
-        lifecycle::retire(&self.shared, tenant, name).await;
-    }
-
-    /// Finishes in-flight invocations within `grace`, then stops every VM.
-    pub async fn shutdown(&self, grace: Duration) {
-        lifecycle::shutdown(&self.shared, grace).await;
-    }
-
     /// Whether [`Dispatcher::shutdown`] has begun (new invocations are refused).
     pub fn is_shutting_down(&self) -> bool {
-        self.shared.shutting_down.load(Ordering::SeqCst)
-    }
-
-    /// Runs one round of reaping and health checks now (the background
-    /// task does this periodically; tests on a manual clock call it).
-    pub async fn tick(&self) {
-        lifecycle::tick(&self.shared).await;
+        self.core.shutting_down.is_cancelled()
     }
 
     /// Slots per state and the capacity they hold (for tests and status).
     pub fn slots(&self) -> (assignment::SlotCounts, Capacity) {
-        let st = self.shared.lock();
+        let st = self.lock();
         (st.assignment.counts(), st.assignment.used())
     }
 }

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::agent_conn::{AgentConn, ConnError};
 use super::slot::SlotId;
 use super::FunctionSpec;
+use crate::config::{GuestSettings, ServeConfig};
 
 /// Guest memory added to the function's memory for the guest kernel and
 /// the agent (the agent reserves 48 MiB of the VM for itself).
@@ -62,19 +63,28 @@ pub fn charge_mib(memory_mib: u32) -> u64 {
     u64::from(memory_mib) + u64::from(AGENT_HEADROOM_MIB) + VMM_OVERHEAD_MIB
 }
 
-/// What every VM is launched with.
+/// Where and from what VMs are launched: placement's part of the settings
+/// (taken from the whole tree, so a new launch setting is added here only)
+/// and the directory slot directories live in.
 #[derive(Debug, Clone)]
-pub struct PlacementConfig {
-    /// The `ember-vmm` binary.
-    pub vmm: PathBuf,
-    /// The guest kernel (`vmlinux`).
-    pub kernel: PathBuf,
-    /// The guest initramfs (the agent).
-    pub initramfs: PathBuf,
+pub struct Placement {
+    /// Kernel, initramfs and the `ember-vmm` binary.
+    pub guest: GuestSettings,
     /// Where slot directories live.
     pub run_dir: PathBuf,
     /// Cold-start deadline.
     pub cold_start_timeout: Duration,
+}
+
+impl Placement {
+    /// Placement's part of `config`.
+    pub fn new(config: &ServeConfig) -> Self {
+        Placement {
+            guest: config.guest.clone(),
+            run_dir: config.run_dir(),
+            cold_start_timeout: COLD_START_TIMEOUT,
+        }
+    }
 }
 
 /// Why a cold start failed.
@@ -182,11 +192,11 @@ impl Vm {
     /// Boots a VM for `spec` in slot `id` and waits until its runtime is
     /// ready. Nothing is left behind on failure.
     pub async fn launch(
-        cfg: &PlacementConfig,
+        cfg: &Placement,
         id: &SlotId,
         spec: &FunctionSpec,
     ) -> Result<Vm, PlacementError> {
-        if spec.runtime.is_managed() && spec.runtime_image.is_none() {
+        if spec.runtime.is_managed() && cfg.guest.runtime_images.image(spec.runtime).is_none() {
             return Err(PlacementError::Host(format!(
                 "this router has no image of the {} runtime (see [guest.runtimes] / --runtime-image)",
                 spec.runtime.managed_name().unwrap_or_default()
@@ -211,7 +221,7 @@ impl Vm {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(PlacementError::Host(format!(
                     "start {}: {e}",
-                    cfg.vmm.display()
+                    cfg.guest.vmm.display()
                 )));
             }
         };
@@ -276,21 +286,21 @@ impl Vm {
     }
 }
 
-fn vmm_command(cfg: &PlacementConfig, uds: &Path, spec: &FunctionSpec) -> Command {
+fn vmm_command(cfg: &Placement, uds: &Path, spec: &FunctionSpec) -> Command {
     let mut drive = spec.code_image.as_os_str().to_owned();
     drive.push(",ro");
     // A managed runtime's image is the second drive (/dev/vdb), shared
     // read-only by every VM of that runtime.
-    let runtime_drive = spec.runtime_image.as_ref().map(|p| {
+    let runtime_drive = cfg.guest.runtime_images.image(spec.runtime).map(|p| {
         let mut d = p.as_os_str().to_owned();
         d.push(",ro");
         d
     });
-    let mut cmd = Command::new(&cfg.vmm);
+    let mut cmd = Command::new(&cfg.guest.vmm);
     cmd.arg("--kernel")
-        .arg(&cfg.kernel)
+        .arg(&cfg.guest.kernel)
         .arg("--initrd")
-        .arg(&cfg.initramfs)
+        .arg(&cfg.guest.initramfs)
         .arg("--cmdline")
         .arg(KERNEL_CMDLINE)
         .arg("--vcpus")

@@ -3,10 +3,19 @@
 //! in order rebuilds every event's state; a torn last line (a crash in the
 //! middle of a write) is ignored. On open the journal is rewritten compact
 //! (one or two lines per event) through a temporary file and a rename.
+//!
+//! A failed append (a full disk writes part of a line, then fails) must not
+//! cost the next record: the writer cuts the file back to the end of the
+//! last complete record before it appends again, or, if it cannot, starts
+//! the record on a fresh line; the reader skips a line it cannot parse and
+//! also recovers a record glued to the end of a torn one (as older versions
+//! wrote them). The file is 0600.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+
+use crate::durable;
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +98,37 @@ impl Record {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Where the last complete record ends.
+    len: u64,
+    /// A write failed after `len`: part of a line may follow it.
+    torn: bool,
+    /// Test hooks: the faults of a failing disk.
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// Faults a test injects.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Faults {
+    /// The next append writes this many bytes, then fails.
+    write_after: Option<usize>,
+    /// Truncation fails.
+    truncate: bool,
+}
+
+/// Parses one line; a line that is a torn record with a whole one glued to
+/// its end gives the whole one.
+fn parse_line(line: &[u8]) -> Option<Record> {
+    if let Ok(r) = serde_json::from_slice::<Record>(line) {
+        return Some(r);
+    }
+    const START: &[u8] = b"{\"op\":";
+    let at = line
+        .windows(START.len())
+        .rposition(|w| w == START)
+        .filter(|&i| i > 0)?;
+    serde_json::from_slice::<Record>(&line[at..]).ok()
 }
 
 impl Journal {
@@ -106,12 +146,13 @@ impl Journal {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            match serde_json::from_slice::<Record>(&line) {
-                Ok(r) => out.push(r),
-                Err(e) => tracing::warn!(
+            match parse_line(&line) {
+                Some(r) => out.push(r),
+                None => tracing::warn!(
                     journal = %path.display(),
-                    "skipping unreadable journal line {}: {e}",
-                    n + 1
+                    "skipping unreadable journal line {} ({} bytes)",
+                    n + 1,
+                    line.len()
                 ),
             }
         }
@@ -124,7 +165,7 @@ impl Journal {
     pub fn rewrite(path: &Path, records: &[Record]) -> io::Result<Journal> {
         let tmp = path.with_extension("tmp");
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = durable::create_file(&tmp, durable::FILE_MODE)?;
             let mut buf = Vec::new();
             for r in records {
                 serde_json::to_writer(&mut buf, r).map_err(io::Error::other)?;
@@ -138,17 +179,63 @@ impl Journal {
             sync_dir(dir)?;
         }
         let file = OpenOptions::new().append(true).open(path)?;
+        let len = file.metadata()?.len();
         Ok(Journal {
             path: path.to_path_buf(),
             file,
+            len,
+            torn: false,
+            #[cfg(test)]
+            faults: Faults::default(),
         })
     }
 
-    /// Appends one record and waits until it is on disk.
+    /// Appends one record and waits until it is on disk. After an error the
+    /// record may be partly written; the next append removes that part.
     pub fn append(&mut self, r: &Record) -> io::Result<()> {
         let mut line = serde_json::to_vec(r).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
+        if self.torn {
+            if self.truncate_torn().is_ok() {
+                self.torn = false;
+            } else {
+                // Cannot cut the torn part off: end its line, so that this
+                // record stands on one of its own.
+                line.insert(0, b'\n');
+            }
+        }
+        match self.write_line(&line) {
+            Ok(()) => {
+                self.len = if self.torn {
+                    self.file.metadata()?.len()
+                } else {
+                    self.len + line.len() as u64
+                };
+                self.torn = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.torn = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn truncate_torn(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.faults.truncate {
+            return Err(io::Error::other("injected truncate failure"));
+        }
+        self.file.set_len(self.len)
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.faults.write_after.take() {
+            self.file.write_all(&line[..n.min(line.len())])?;
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.file.write_all(line)?;
         self.file.sync_data()
     }
 
@@ -160,7 +247,7 @@ impl Journal {
 
 /// Makes a directory's entries (new or renamed files) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    durable::sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -188,5 +275,119 @@ mod tests {
         f.write_all(b"{\"op\":\"succ").unwrap();
         assert_eq!(Journal::read(&path).unwrap(), vec![a, b]);
         assert!(Journal::read(&dir.path().join("none")).unwrap().is_empty());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    fn attempt(n: u32) -> Record {
+        Record::Attempt {
+            id: "e".into(),
+            attempt: n,
+        }
+    }
+
+    #[test]
+    fn a_failed_append_does_not_swallow_the_next_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut j = Journal::rewrite(&path, &[attempt(1)]).unwrap();
+        // The disk takes 9 bytes of the next line, then fails.
+        j.faults.write_after = Some(9);
+        assert!(j.append(&attempt(2)).is_err());
+        j.append(&attempt(3)).unwrap();
+        j.append(&attempt(4)).unwrap();
+        assert_eq!(
+            Journal::read(&path).unwrap(),
+            vec![attempt(1), attempt(3), attempt(4)]
+        );
+        // The torn part was cut off, not left as a line of its own.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn a_torn_tail_that_cannot_be_cut_still_leaves_the_next_record_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut j = Journal::rewrite(&path, &[attempt(1)]).unwrap();
+        j.faults.write_after = Some(9);
+        assert!(j.append(&attempt(2)).is_err());
+        // The torn part cannot be cut off: the next record starts on a
+        // fresh line instead.
+        j.faults.truncate = true;
+        j.append(&attempt(3)).unwrap();
+        j.faults.truncate = false;
+        j.append(&attempt(4)).unwrap();
+        assert_eq!(
+            Journal::read(&path).unwrap(),
+            vec![attempt(1), attempt(3), attempt(4)]
+        );
+    }
+
+    /// A real full disk: a tmpfs with no page left, and a journal whose
+    /// last page has room for 20 bytes, so the next append is torn there.
+    #[test]
+    fn a_record_torn_by_a_full_disk_does_not_swallow_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("running mount");
+        assert!(
+            mounted.status.success(),
+            "this test mounts a small tmpfs as the full disk and needs root: {}",
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join("journal.jsonl");
+        // One record padded so that the file ends 20 bytes before a page end.
+        let failed = |error: String| Record::Failed {
+            id: "e".into(),
+            attempts: 1,
+            error,
+        };
+        let bare = serde_json::to_vec(&failed(String::new())).unwrap().len() + 1;
+        let first = failed("x".repeat(4096 - 20 - bare));
+        let mut j = Journal::rewrite(&path, std::slice::from_ref(&first)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096 - 20);
+        // Fill every other page.
+        let filler = dir.path().join("filler");
+        let mut f = File::create(&filler).unwrap();
+        let page = [7u8; 4096];
+        while f.write_all(&page).is_ok() {}
+        drop(f);
+        let second = attempt(2);
+        let err = j.append(&second).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        // Part of the record did land.
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+        std::fs::remove_file(&filler).unwrap();
+        j.append(&attempt(3)).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), vec![first, attempt(3)]);
+    }
+
+    #[test]
+    fn the_reader_recovers_a_record_glued_to_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let mut text = serde_json::to_string(&attempt(1)).unwrap();
+        text.push('\n');
+        text.push_str("{\"op\":\"succ");
+        text.push_str(&serde_json::to_string(&attempt(2)).unwrap());
+        text.push('\n');
+        text.push_str("garbage\n");
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), vec![attempt(1), attempt(2)]);
     }
 }

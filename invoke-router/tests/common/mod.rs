@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use ember_invoke_router::config::{KeyPair, ServeConfig, TenantConfig};
+use ember_invoke_router::config::{GuestSettings, ServeConfig, TenantConfig, TimingSettings};
 use ember_invoke_router::server::{self, RunningServer};
 use ember_invoke_router::sigv4;
 use http_body_util::{BodyExt, Full};
@@ -23,33 +23,33 @@ pub fn config(data_dir: &Path) -> ServeConfig {
     let dummy = data_dir.join("dummy-guest-file");
     std::fs::write(&dummy, b"").unwrap();
     let tenant = |id: &str, key: &str, secret: &str| TenantConfig {
-        id: id.into(),
-        account_id: None,
         concurrency: 10,
-        keys: vec![KeyPair {
-            access_key_id: key.into(),
-            secret_access_key: secret.into(),
-        }],
+        ..TenantConfig::new(id, key, secret)
     };
-    ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.to_path_buf(),
-        region: "us-east-1".into(),
-        capacity_mem_mib: 1024,
-        capacity_vcpus: 2,
+    let guest = GuestSettings {
         kernel: dummy.clone(),
-        initramfs: dummy.clone(),
-        runtime_images: Default::default(),
+        initramfs: dummy,
         vmm: PathBuf::from("/nonexistent/ember-vmm"),
+        runtime_images: Default::default(),
+    };
+    let mut c = ServeConfig::new(
+        data_dir.to_path_buf(),
+        guest,
+        vec![
+            tenant("alpha", KEY_A, SECRET_A),
+            tenant("beta", KEY_B, SECRET_B),
+        ],
+    );
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.capacity.mem_mib = 1024;
+    c.capacity.vcpus = 2;
+    c.timing = TimingSettings {
         keep_alive: Duration::from_secs(60),
         queue_wait: Duration::from_millis(100),
         health_interval: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(2),
-        tenants: vec![
-            tenant("alpha", KEY_A, SECRET_A),
-            tenant("beta", KEY_B, SECRET_B),
-        ],
-    }
+    };
+    c
 }
 
 pub struct Reply {
@@ -159,7 +159,10 @@ pub struct Api {
 
 impl Api {
     pub async fn start(data: &Path) -> Self {
-        let server = server::start(config(data)).await.unwrap();
+        Self::start_with(config(data)).await
+    }
+    pub async fn start_with(config: ServeConfig) -> Self {
+        let server = server::start(config).await.unwrap();
         Self {
             addr: server.local_addr,
             server: Some(server),
@@ -186,6 +189,24 @@ impl Api {
             body.to_string().into_bytes()
         };
         send(self.addr, method, uri, bytes, &[], signing).await
+    }
+    /// Like [`Api::raw`], signed as tenant beta.
+    pub async fn call_as_b_raw(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Vec<u8>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        send(
+            self.addr,
+            method,
+            uri,
+            body,
+            extra,
+            Signing::Key(KEY_B, SECRET_B),
+        )
+        .await
     }
     pub async fn raw(
         &self,

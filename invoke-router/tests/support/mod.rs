@@ -16,12 +16,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_guest_agent::{Agent, AgentOptions, ListenAddr, Listener};
+use ember_invoke_router::config::{
+    CapacitySettings, GuestSettings, ServeConfig, TenantConfig, TimingSettings,
+};
 use ember_invoke_router::dispatch::clock::Clock;
-use ember_invoke_router::dispatch::{DispatchConfig, Dispatcher, FunctionSpec, InvokeInput};
+use ember_invoke_router::dispatch::{Dispatcher, FunctionSpec, InvokeInput};
 use ember_invoke_router::metrics::Metrics;
-use ember_protocol::{BootTiming, RuntimeKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ember_protocol::conn::{self, UnixConnection};
+use ember_protocol::handshake;
+use ember_protocol::{BootTiming, Hello, Message, Ready, RuntimeKind, AGENT_VSOCK_PORT};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
 
 /// How the fake VMM behaves (set per dispatcher, through its script).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,9 +38,18 @@ pub enum FakeVmm {
     ExitAtOnce,
 }
 
+/// A file in a function's code directory that makes its fake VMM a guest
+/// whose agent gets ready, then never reads again (no vsock credit, no RX
+/// buffers).
+pub const DEAF_MARKER: &str = "EMBER_FAKE_DEAF";
+
 /// A test's dispatcher, its directories and metrics.
 pub struct Env {
     pub dispatcher: Arc<Dispatcher>,
+    /// The settings it was built from (data dir = `dir`).
+    pub config: ServeConfig,
+    /// Its background token.
+    pub background: CancellationToken,
     pub metrics: Arc<Metrics>,
     pub dir: tempfile::TempDir,
     pub run_dir: PathBuf,
@@ -44,7 +59,10 @@ pub struct Env {
 pub struct Settings {
     pub capacity_mem_mib: u64,
     pub capacity_vcpus: u32,
+    /// The limit of tenants `t1` and `t2`.
     pub tenant_concurrency: u32,
+    /// More tenants and their limits.
+    pub tenants: Vec<(&'static str, u32)>,
     pub keep_alive: Duration,
     pub queue_wait: Duration,
     pub health_interval: Duration,
@@ -58,6 +76,7 @@ impl Default for Settings {
             capacity_mem_mib: 8192,
             capacity_vcpus: 16,
             tenant_concurrency: 100,
+            tenants: vec![],
             keep_alive: Duration::from_secs(600),
             queue_wait: Duration::from_secs(5),
             health_interval: Duration::from_secs(600),
@@ -70,7 +89,6 @@ impl Default for Settings {
 /// A dispatcher with the fake VMM.
 pub fn env(s: Settings) -> Env {
     let dir = tempfile::Builder::new().prefix("ed").tempdir().unwrap();
-    let run_dir = dir.path().join("run");
     let vmm = dir.path().join("fake-vmm");
     let exe = std::env::current_exe().unwrap();
     let mode = match s.vmm {
@@ -87,25 +105,45 @@ pub fn env(s: Settings) -> Env {
     )
     .unwrap();
     std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let config = DispatchConfig {
+    let mut tenants: Vec<(&str, u32)> =
+        vec![("t1", s.tenant_concurrency), ("t2", s.tenant_concurrency)];
+    tenants.extend(s.tenants.iter().copied());
+    let tenants = tenants
+        .into_iter()
+        .enumerate()
+        .map(|(i, (id, limit))| TenantConfig {
+            concurrency: limit,
+            ..TenantConfig::new(id, &format!("AKIAEMBERTEST{i:07}"), "secretsecretsecret")
+        })
+        .collect();
+    let guest = GuestSettings {
         vmm,
+        runtime_images: Default::default(),
         kernel: dir.path().join("vmlinux"),
         initramfs: dir.path().join("initramfs"),
-        run_dir: run_dir.clone(),
-        capacity_mem_mib: s.capacity_mem_mib,
-        capacity_vcpus: s.capacity_vcpus,
-        tenant_concurrency: s.tenant_concurrency,
+    };
+    let mut config = ServeConfig::new(dir.path().to_path_buf(), guest, tenants);
+    config.capacity = CapacitySettings {
+        mem_mib: s.capacity_mem_mib,
+        vcpus: s.capacity_vcpus,
+    };
+    config.timing = TimingSettings {
         keep_alive: s.keep_alive,
         queue_wait: s.queue_wait,
         health_interval: s.health_interval,
+        ..TimingSettings::default()
     };
+    let run_dir = config.run_dir();
     let metrics = Metrics::new();
+    let background = CancellationToken::new();
     let dispatcher = match s.clock {
-        Some(c) => Dispatcher::with_clock(config, metrics.clone(), c),
-        None => Dispatcher::new(config, metrics.clone()),
+        Some(c) => Dispatcher::with_clock(&config, metrics.clone(), c, background.clone()),
+        None => Dispatcher::new(&config, metrics.clone(), background.clone()),
     };
     Env {
         dispatcher,
+        config,
+        background,
         metrics,
         dir,
         run_dir,
@@ -128,13 +166,19 @@ impl Env {
             revision: "r1".into(),
             code_image: code,
             runtime: RuntimeKind::Exec,
-            runtime_image: None,
             handler: handler.into(),
             env: vec![("GREETING".into(), "hi".into())],
             memory_mib: 128,
             timeout: Duration::from_secs(10),
             reserved_concurrency: None,
         }
+    }
+
+    /// A function whose VM stops reading once it is ready.
+    pub fn deaf_function(&self, tenant: &str, name: &str) -> FunctionSpec {
+        let spec = self.function(tenant, name, "cat");
+        std::fs::write(spec.code_image.join(DEAF_MARKER), b"").unwrap();
+        spec
     }
 
     /// The slot directories that exist now.
@@ -225,6 +269,9 @@ pub fn fake_vmm_main() {
         .enable_all()
         .build()
         .unwrap();
+    if task_root.join(DEAF_MARKER).exists() {
+        rt.block_on(serve_deaf(uds.clone()));
+    }
     let code = rt.block_on(serve(uds.clone(), task_root));
     let _ = std::fs::remove_file(&uds);
     std::process::exit(code);
@@ -254,7 +301,44 @@ async fn serve(uds: PathBuf, task_root: PathBuf) -> i32 {
     0
 }
 
-/// Firecracker's host side: `CONNECT <port>\n`, `OK <n>\n`, then bytes.
+/// A guest that greets, gets configured, answers `Ready`, then never
+/// reads its connection again (it stays open). Never returns.
+async fn serve_deaf(uds: PathBuf) {
+    let l = UnixListener::bind(&uds).unwrap();
+    let mut held = Vec::new();
+    loop {
+        let Ok((mut c, _)) = l.accept().await else {
+            continue;
+        };
+        if conn::read_connect(&mut c).await != Some(AGENT_VSOCK_PORT) {
+            continue;
+        }
+        c.write_all(handshake::ok_line(1 << 30).as_bytes())
+            .await
+            .unwrap();
+        let mut conn = UnixConnection::unix(c);
+        let hello = Hello {
+            agent_version: "deaf".into(),
+            boot: BootTiming::default(),
+        };
+        conn.write(&Message::Hello(hello)).await.unwrap();
+        loop {
+            match conn.read().await {
+                Ok(Some(Ok(Message::Configure(_)))) => break,
+                Ok(Some(_)) => continue,
+                _ => std::process::exit(1),
+            }
+        }
+        let ready = Ready {
+            init_duration_us: 1,
+        };
+        conn.write(&Message::Ready(ready)).await.unwrap();
+        println!("fake-vmm: deaf from now on");
+        held.push(conn);
+    }
+}
+
+/// The VMM's host side of the vsock handshake (`ember_protocol::handshake`), then bytes.
 async fn relay(vsock: UnixListener, agent_sock: PathBuf) {
     loop {
         let Ok((mut client, _)) = vsock.accept().await else {
@@ -262,25 +346,18 @@ async fn relay(vsock: UnixListener, agent_sock: PathBuf) {
         };
         let agent_sock = agent_sock.clone();
         tokio::spawn(async move {
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while line.len() < 32 {
-                if client.read_exact(&mut b).await.is_err() {
-                    return;
-                }
-                if b[0] == b'\n' {
-                    break;
-                }
-                line.push(b[0]);
-            }
-            if line != b"CONNECT 5000" {
+            if conn::read_connect(&mut client).await != Some(AGENT_VSOCK_PORT) {
                 return;
             }
             // Nobody listening yet: the guest answers with a reset.
             let Ok(mut agent) = UnixStream::connect(&agent_sock).await else {
                 return;
             };
-            if client.write_all(b"OK 1073741824\n").await.is_err() {
+            if client
+                .write_all(handshake::ok_line(1 << 30).as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
             let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;

@@ -18,12 +18,13 @@
 //!   RTT_MS <ms>           (with --time, after each RESULT: Invoke sent to Result read)
 //! With --shutdown it finally sends Shutdown and waits for the agent to hang up.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use ember_protocol::{
-    read_message, write_message, Configure, Invoke, Message, Outcome, RuntimeKind, AGENT_VSOCK_PORT,
+    handshake, read_message, write_message, Configure, Invoke, Message, Outcome, RuntimeKind,
+    AGENT_VSOCK_PORT,
 };
 
 fn main() {
@@ -101,25 +102,12 @@ fn parse() -> Result<Args, String> {
 }
 
 fn connect(uds: &str) -> Result<UnixStream, String> {
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < Duration::from_secs(60) {
-        if let Ok(mut s) = UnixStream::connect(uds) {
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .map_err(|e| e.to_string())?;
-            let _ = s.write_all(format!("CONNECT {AGENT_VSOCK_PORT}\n").as_bytes());
-            let mut line = String::new();
-            let _ = BufReader::new(&mut s).read_line(&mut line);
-            if line.starts_with("OK ") {
-                s.set_read_timeout(Some(Duration::from_secs(120)))
-                    .map_err(|e| e.to_string())?;
-                return Ok(s);
-            }
-            last = format!("reply {line:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("no agent behind {uds} after 60 s ({last})"))
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = handshake::connect_until(std::path::Path::new(uds), AGENT_VSOCK_PORT, deadline)
+        .map_err(|e| format!("no agent behind {uds} after 60 s: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    Ok(s)
 }
 
 fn next(s: &mut UnixStream) -> Result<Message, String> {

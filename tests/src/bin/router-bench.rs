@@ -3,7 +3,7 @@
 //! host).
 //!
 //!   router-bench tenant
-//!       prints the `--tenant` value of the key it signs with
+//!       prints a tenants file (`--tenants-file`) holding the key it signs with
 //!   router-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N] [--secs S]
 //!
 //! Creates N functions (`provided.al2023`, the zip holding BOOTSTRAP),
@@ -45,7 +45,7 @@ fn parse() -> Result<Option<Args>, String> {
     let usage = "usage: router-bench tenant | router-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N] [--secs S]";
     let host = it.next().ok_or(usage)?;
     if host == "tenant" {
-        println!("{TENANT}:{}:{}", KEY.id, KEY.secret);
+        print!("{}", KEY.tenant_entry(TENANT));
         return Ok(None);
     }
     let mut args = Args {

@@ -3,7 +3,7 @@
 //! it in the soft host next to the router).
 //!
 //!   runtime-bench tenant
-//!       prints the `--tenant` value of the key it signs with
+//!       prints a tenants file (`--tenants-file`) holding the key it signs with
 //!   runtime-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N]
 //!
 //! For each runtime (`provided.al2023` with BOOTSTRAP, the yardstick;
@@ -63,7 +63,7 @@ fn run() -> Result<(), String> {
         "usage: runtime-bench tenant | runtime-bench HOST:PORT BOOTSTRAP [--cold N] [--warm N]";
     let host = it.next().ok_or(usage)?;
     if host == "tenant" {
-        println!("{TENANT}:{}:{}", KEY.id, KEY.secret);
+        print!("{}", KEY.tenant_entry(TENANT));
         return Ok(());
     }
     let bootstrap_path = it.next().ok_or(usage)?;

@@ -20,6 +20,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use ember_protocol::handshake;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("vmm-bench: {e}");
@@ -116,29 +118,20 @@ fn wait(child: &mut Child) -> Result<std::process::ExitStatus, String> {
     child.wait().map_err(|e| format!("wait: {e}"))
 }
 
+/// Retries the protocol's handshake every millisecond (boot time is what
+/// is measured, so the pause is kept short).
 fn connect_retrying(uds: &str, port: u32, start: Instant) -> Result<UnixStream, String> {
     let mut last = String::new();
     while start.elapsed() < Duration::from_secs(120) {
-        match UnixStream::connect(uds) {
-            Ok(mut s) => {
+        match handshake::connect(std::path::Path::new(uds), port, Duration::from_secs(10)) {
+            Ok(s) => {
+                // Every later read is bounded too.
                 s.set_read_timeout(Some(Duration::from_secs(10)))
                     .map_err(|e| e.to_string())?;
-                s.write_all(format!("CONNECT {port}\n").as_bytes())
-                    .map_err(|e| e.to_string())?;
-                let mut line = String::new();
-                let mut byte = [0u8];
-                while !line.ends_with('\n') {
-                    match s.read(&mut byte) {
-                        Ok(1) => line.push(byte[0] as char),
-                        _ => break,
-                    }
-                }
-                if line.starts_with("OK ") {
-                    return Ok(s);
-                }
-                last = format!("reply {line:?}");
+                return Ok(s);
             }
-            Err(e) => last = e.to_string(),
+            Err(e) if e.is_retryable() => last = e.to_string(),
+            Err(e) => return Err(e.to_string()),
         }
         std::thread::sleep(Duration::from_millis(1));
     }

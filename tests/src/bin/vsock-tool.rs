@@ -13,10 +13,12 @@
 //! boots. Every command prints `KEY value` result lines and exits non-zero
 //! with a reason on failure.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
+
+use ember_protocol::handshake;
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -199,33 +201,16 @@ fn host_echo(path: &str) -> Result<()> {
 /// the guest is not listening yet. Returns the stream and the time it took.
 fn host_connect(uds: &str, port: u32) -> Result<(UnixStream, Duration)> {
     let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < Duration::from_secs(60) {
-        match try_connect(uds, port) {
-            Ok(s) => return Ok((s, start.elapsed())),
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Err(format!(
-        "CONNECT {port} through {uds} kept failing for 60 s; last: {last}"
-    ))
-}
-
-fn try_connect(uds: &str, port: u32) -> Result<UnixStream> {
-    let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {uds}: {e}"))?;
+    let s = handshake::connect_until(
+        std::path::Path::new(uds),
+        port,
+        start + Duration::from_secs(60),
+    )
+    .map_err(|e| format!("CONNECT {port} through {uds} kept failing for 60 s; last: {e}"))?;
+    // Every later read is bounded too.
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(&mut s)
-        .read_line(&mut line)
-        .map_err(|e| format!("handshake: {e}"))?;
-    match line.strip_prefix("OK ") {
-        Some(p) if line.ends_with('\n') && p.trim_end().parse::<u32>().is_ok() => Ok(s),
-        _ => Err(format!("handshake reply {line:?}")),
-    }
+    Ok((s, start.elapsed()))
 }
 
 fn host_send(uds: &str, port: u32, bytes: usize) -> Result<()> {

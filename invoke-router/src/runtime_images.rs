@@ -1,8 +1,7 @@
-//! Lambda runtime names and the runtime images of the managed ones: which
-//! [`RuntimeKind`] a function's `Runtime` runs on, and which read-only
-//! root file system (built by `images/runtimes/build`, printed by
-//! `images/build --print-paths` as `runtime_NAME=PATH`) a VM of a managed
-//! runtime gets as its second drive.
+//! The managed runtimes' images: which read-only root file system (built by
+//! `images/runtimes/build`, printed by `images/build --print-paths` as
+//! `runtime_NAME=PATH`) a VM of a managed runtime (`python3.13`,
+//! `nodejs20.x`) gets as its second drive.
 //!
 //! Set in the config file's `[guest.runtimes]` table (`"python3.13" =
 //! "/path/runtime.ext4"`) or with `--runtime-image NAME=PATH`; when neither
@@ -15,23 +14,10 @@ use std::path::{Path, PathBuf};
 use ember_protocol::RuntimeKind;
 
 use crate::config::ConfigError;
+use crate::runtime::Runtime;
 
-/// The managed runtimes, by Lambda's name.
-pub const MANAGED: &[(&str, RuntimeKind)] = &[
-    ("python3.13", RuntimeKind::Python313),
-    ("nodejs20.x", RuntimeKind::Nodejs20),
-];
-
-/// The runtime a function's `Runtime` names: `exec`, a managed runtime,
-/// else Lambda's OS-only `provided*`.
-pub fn kind(runtime: &str) -> RuntimeKind {
-    if runtime == "exec" {
-        return RuntimeKind::Exec;
-    }
-    MANAGED
-        .iter()
-        .find(|(name, _)| *name == runtime)
-        .map_or(RuntimeKind::Provided, |(_, k)| *k)
+fn is_managed(name: &str) -> bool {
+    Runtime::parse(name).is_some_and(|r| r.kind().is_managed())
 }
 
 /// The root file system of each managed runtime this router can start.
@@ -77,7 +63,7 @@ impl RuntimeImages {
             RuntimeImages(images)
         };
         for (name, path) in &images.0 {
-            if !MANAGED.iter().any(|(n, _)| n == name) {
+            if !is_managed(name) {
                 return Err(ConfigError::Invalid(format!(
                     "runtime image for '{name}': not a managed runtime (expected one of {})",
                     managed_names()
@@ -96,9 +82,10 @@ impl RuntimeImages {
 
 /// `python3.13, nodejs20.x`.
 pub fn managed_names() -> String {
-    MANAGED
+    Runtime::ALL
         .iter()
-        .map(|(n, _)| *n)
+        .filter(|r| r.kind().is_managed())
+        .map(|r| r.name())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -140,14 +127,6 @@ fn discover_images() -> Result<RuntimeImages, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runtime_names_map_to_kinds() {
-        assert_eq!(kind("exec"), RuntimeKind::Exec);
-        assert_eq!(kind("provided.al2023"), RuntimeKind::Provided);
-        assert_eq!(kind("python3.13"), RuntimeKind::Python313);
-        assert_eq!(kind("nodejs20.x"), RuntimeKind::Nodejs20);
-    }
 
     #[test]
     fn print_paths_lines_name_the_images() {
