@@ -62,7 +62,7 @@ cache_hit() {
 # are touched by cache_hit; half-built ".work"/".tmp" leftovers go too).
 prune_cache() {
     find "$1" -mindepth 1 -maxdepth 1 \( -name 'kernel-*' -o -name 'initramfs-*' \
-        -o -name 'softhost-*' \) -mtime +30 -exec rm -rf {} + 2>/dev/null || true
+        -o -name 'softhost-*' -o -name 'runtime-*' \) -mtime +30 -exec rm -rf {} + 2>/dev/null || true
 }
 
 # build_static_bin PACKAGE BIN: builds a statically linked release binary of
@@ -79,7 +79,8 @@ build_static_bin() {
 }
 
 # export_image_paths: builds the guest images (cached) and exports their
-# paths as EMBER_VMLINUX, EMBER_BZIMAGE and EMBER_INITRAMFS.
+# paths as EMBER_VMLINUX, EMBER_BZIMAGE and EMBER_INITRAMFS, and the
+# managed runtimes' images as EMBER_RUNTIME_PYTHON313, EMBER_RUNTIME_NODEJS20.
 export_image_paths() {
     local paths key value
     paths=$("$repo/images/build" --print-paths) || die "images/build failed"
@@ -88,6 +89,8 @@ export_image_paths() {
             vmlinux) export EMBER_VMLINUX=$value ;;
             bzimage) export EMBER_BZIMAGE=$value ;;
             initramfs) export EMBER_INITRAMFS=$value ;;
+            runtime_python3.13) export EMBER_RUNTIME_PYTHON313=$value ;;
+            runtime_nodejs20.x) export EMBER_RUNTIME_NODEJS20=$value ;;
         esac
     done <<<"$paths"
 }
@@ -127,6 +130,7 @@ reproducible_cpio() {
 # as users do (installs v1 from PyPI into a venv when there is none).
 ensure_aws_cli() {
     local venv=${EMBER_AWSCLI_VENV:-/opt/ember-awscli}
+    "$venv/bin/python" -c 'import boto3' 2>/dev/null || { log "installing boto3 (PyPI) into $venv: the runtime tests drive Ember with it"; python3 -m venv "$venv" >&2 && "$venv/bin/pip" install -q boto3 >&2; } || die "could not install boto3 into $venv (needs python3-venv and PyPI)"
     [ -x "$venv/bin/aws" ] && export PATH="$venv/bin:$PATH"
     command -v aws >/dev/null 2>&1 && return 0
     log "installing the AWS CLI (PyPI awscli) into $venv: the E2E tests invoke functions with it"

@@ -1,5 +1,6 @@
 //! PID 1 duties: the pseudo filesystems, the loopback interface, the
-//! function's code volume, boot timing, and a clean power-off.
+//! function's code volume, a managed runtime's image, boot timing, and a
+//! clean power-off.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -108,15 +109,53 @@ pub fn mount_all() -> Result<Vec<String>, String> {
     Ok(warnings)
 }
 
+fn c_path(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
+/// Mounts a managed runtime's root file system, an ext4 image on `device`,
+/// read-only at `root`, and binds the guest's `task_root`, `/tmp`, `/proc`
+/// and `/dev` into it at the same paths (the image has the mount points),
+/// so a runtime chrooted there sees its interpreter and the function.
+pub fn mount_runtime(device: &Path, root: &Path, task_root: &Path) -> io::Result<()> {
+    mount_task(device, root)?;
+    let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    for (from, rec) in [
+        (task_root, false),
+        (Path::new("/tmp"), false),
+        (Path::new("/proc"), false),
+        (Path::new("/dev"), true),
+    ] {
+        let to = inside(from);
+        let (src, dst) = (c_path(from)?, c_path(&to)?);
+        let flags = libc::MS_BIND | if rec { libc::MS_REC } else { 0 };
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("bind {} on {}: {e}", from.display(), to.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Mounts the function's code, an ext4 image on `device`, read-only at
 /// `target`.
 pub fn mount_task(device: &Path, target: &Path) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
-    };
-    let (dev, dir) = (c(device)?, c(target)?);
+    let (dev, dir) = (c_path(device)?, c_path(target)?);
     // SAFETY: NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::mount(

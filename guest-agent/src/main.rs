@@ -47,6 +47,13 @@ fn run(pid1: bool, kernel_us: u64, started: Instant) -> Result<(), String> {
             }
         }
     }
+    // A managed runtime's image is the second drive (only such VMs have one).
+    if let Some(dev) = settings.runtime_device.as_ref().filter(|d| d.exists()) {
+        let root = std::path::Path::new(ember_guest_agent::runtime::RUNTIME_ROOT);
+        if let Err(e) = init::mount_runtime(dev, root, &settings.task_root) {
+            eprintln!("ember-guest-agent: warning: runtime image: {e}");
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -8,6 +8,7 @@
 //! | `ember.agent` / `EMBER_AGENT_MODE` | `serve` | `oneshot`: print the ready line and reset the VM (boot-time tests) |
 //! | `ember.listen` / `EMBER_AGENT_LISTEN` | `vsock:5000` | or `unix:PATH` |
 //! | `ember.task` / `EMBER_AGENT_TASK` | `/dev/vda` | block device with the function's ext4 image (`none`: do not mount) |
+//! | `ember.runtime` / `EMBER_AGENT_RUNTIME` | `/dev/vdb` as PID 1, else `none` | block device with a managed runtime's image, mounted at `/runtime` when present |
 //! | `ember.task_root` / `EMBER_AGENT_TASK_ROOT` | `/var/task` | where the function's code is |
 //! | `ember.runtime_api` / `EMBER_AGENT_RUNTIME_API` | `127.0.0.1:9001` | the Runtime API's address |
 //! | `ember.uid` / `EMBER_AGENT_UID` | `1000` as PID 1, else `none` | the handlers' uid (and gid) |
@@ -39,6 +40,8 @@ pub struct Settings {
     pub listen: ListenAddr,
     /// The function's code volume, if one is to be mounted.
     pub task_device: Option<PathBuf>,
+    /// A managed runtime's image, if one is to be mounted.
+    pub runtime_device: Option<PathBuf>,
     /// Where the function's code is.
     pub task_root: PathBuf,
     /// The Runtime API's address.
@@ -92,6 +95,7 @@ impl Settings {
             mode,
             listen,
             task_device: optional_path(get("task"), pid1.then_some("/dev/vda")),
+            runtime_device: optional_path(get("runtime"), pid1.then_some("/dev/vdb")),
             task_root: PathBuf::from(get("task_root").unwrap_or_else(|| "/var/task".into())),
             runtime_api,
             uid,
@@ -129,6 +133,7 @@ mod tests {
         assert_eq!(s.listen, ListenAddr::Vsock(7));
         assert_eq!(s.uid, Some(1000));
         assert_eq!(s.task_device, Some(PathBuf::from("/dev/vda")));
+        assert_eq!(s.runtime_device, Some(PathBuf::from("/dev/vdb")));
         let s = Settings::read(
             "ember.listen=unix:/tmp/a ember.uid=none ember.cgroup=none",
             true,

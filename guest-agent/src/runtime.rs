@@ -1,5 +1,7 @@
 //! Starting and killing a function's processes: the `bootstrap` of a
-//! provided runtime or the shell command of an `exec` handler, each the
+//! provided runtime, the runtime image's bootstrap of a managed runtime
+//! (`python3.13`, `nodejs20.x`: run inside the runtime image, see
+//! [`RUNTIME_ROOT`]) or the shell command of an `exec` handler, each the
 //! leader of its own process group, confined by the sandbox, with its output
 //! piped to the agent.
 
@@ -11,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ember_protocol::{Configure, ErrorInfo, LogStream};
-use std::time::Duration;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -22,6 +25,15 @@ use crate::sandbox::{self, Cgroup};
 
 /// The shell that runs `exec` handlers.
 pub const SHELL: &str = "/bin/sh";
+
+/// Where PID 1 mounts a managed runtime's image (read-only), with the
+/// function's code, `/tmp`, `/proc` and `/dev` bound inside it; the
+/// runtime's processes see it as their `/`.
+pub const RUNTIME_ROOT: &str = "/runtime";
+/// [`RUNTIME_ROOT`] for `chroot`.
+const RUNTIME_ROOT_C: &std::ffi::CStr = c"/runtime";
+/// A managed runtime's bootstrap, inside its image.
+pub const MANAGED_BOOTSTRAP: &str = "/var/runtime/bootstrap";
 
 /// Where and how a function's processes run.
 pub struct Launcher {
@@ -133,28 +145,63 @@ impl Launcher {
             ("TZ", ":UTC".into()),
             ("HOME", "/tmp".into()),
         ];
-        for (k, v) in std_vars {
+        let mut set = |k: &str, v: String| {
             env.retain(|(name, _)| name != k);
             env.push((k.to_string(), v));
+        };
+        for (k, v) in std_vars {
+            set(k, v);
+        }
+        if let Some(name) = c.runtime.managed_name() {
+            for (k, v) in managed_environment(c, name, &task_root) {
+                set(k, v);
+            }
         }
         env
     }
 
+    /// A command for `program`, confined; a managed runtime's runs with
+    /// [`RUNTIME_ROOT`] as its root.
     fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .envs(self.environment())
             .current_dir(&self.task_root)
             .stderr(Stdio::piped());
+        if self.config.runtime.is_managed() {
+            // Before `confine`'s hook (hooks run in order): chroot needs the
+            // capability `confine` drops. std has already changed into the
+            // task root, which is /var/task inside the new root too.
+            // SAFETY: the closure makes only async-signal-safe system calls
+            // on static strings.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::chroot(RUNTIME_ROOT_C.as_ptr()) != 0
+                        || libc::chdir(c"/var/task".as_ptr()) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         sandbox::confine(&mut cmd, self.cgroup.as_ref(), self.uid_gid);
         cmd
     }
 
     /// Starts `task_root/bootstrap`, its stdout and stderr going to `logs`.
     /// A missing or non-executable bootstrap is an init error.
+    /// A managed runtime's bootstrap comes from its image instead.
     pub fn start_bootstrap(&self, logs: &LogSink) -> Result<Process, ErrorInfo> {
-        let bootstrap = self.task_root.join("bootstrap");
-        check_executable(&bootstrap)?;
+        let bootstrap = if self.config.runtime.is_managed() {
+            check_runtime_image(self.config.runtime.managed_name().unwrap_or_default())?;
+            check_executable(&Path::new(RUNTIME_ROOT).join(&MANAGED_BOOTSTRAP[1..]))?;
+            PathBuf::from(MANAGED_BOOTSTRAP)
+        } else {
+            let bootstrap = self.task_root.join("bootstrap");
+            check_executable(&bootstrap)?;
+            bootstrap
+        };
         let mut cmd = self.command(&bootstrap);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         let mut p = self.spawn(cmd, &bootstrap, logs)?;
@@ -209,6 +256,89 @@ impl Launcher {
     }
 }
 
+/// The variables Lambda sets for its managed runtimes, on top of the
+/// common ones: `AWS_EXECUTION_ENV`, Lambda's `PATH`, `LANG` and library
+/// paths, the interpreter's module paths, the region of the function's
+/// ARN and a log stream named as Lambda names them.
+fn managed_environment(c: &Configure, name: &str, task_root: &str) -> Vec<(&'static str, String)> {
+    let region = c
+        .function_arn
+        .split(':')
+        .nth(3)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("us-east-1")
+        .to_string();
+    let mut vars = vec![
+        ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{name}")),
+        ("AWS_REGION", region.clone()),
+        ("AWS_DEFAULT_REGION", region),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", log_stream_name(&c.function_version)),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
+        ("LANG", "en_US.UTF-8".into()),
+        ("PATH", "/var/lang/bin:/usr/local/bin:/usr/bin/:/bin:/opt/bin".into()),
+        (
+            "LD_LIBRARY_PATH",
+            format!(
+                "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:{task_root}:{task_root}/lib:/opt/lib"
+            ),
+        ),
+    ];
+    if name.starts_with("python") {
+        vars.push(("PYTHONPATH", "/var/runtime".into()));
+    } else {
+        vars.push((
+            "NODE_PATH",
+            format!("/opt/nodejs/node20/node_modules:/opt/nodejs/node_modules:/var/runtime/node_modules:/var/runtime:{task_root}"),
+        ));
+    }
+    vars
+}
+
+/// `YYYY/MM/DD/[VERSION]` and 32 random hex digits, as Lambda names a
+/// runtime instance's log stream.
+fn log_stream_name(version: &str) -> String {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days(days as i64);
+    let mut id = [0u8; 16];
+    if let Ok(mut f) = fs::File::open("/dev/urandom") {
+        let _ = io::Read::read_exact(&mut f, &mut id);
+    }
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{y:04}/{m:02}/{d:02}/[{version}]{hex}")
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// An init error unless the runtime image of `name` is mounted.
+fn check_runtime_image(name: &str) -> Result<(), ErrorInfo> {
+    let marker = Path::new(RUNTIME_ROOT).join("etc/ember-runtime");
+    match fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == name => Ok(()),
+        Ok(found) => Err(ErrorInfo {
+            error_type: "Runtime.InvalidEntrypoint".into(),
+            error_message: format!("the VM has the {} runtime image, not {name}", found.trim()),
+        }),
+        Err(e) => Err(ErrorInfo {
+            error_type: "Runtime.InvalidEntrypoint".into(),
+            error_message: format!("no {name} runtime image at {RUNTIME_ROOT}: {e}"),
+        }),
+    }
+}
+
 /// An init error unless `path` is an executable regular file.
 fn check_executable(path: &Path) -> Result<(), ErrorInfo> {
     let bad = |why: String| ErrorInfo {
@@ -223,4 +353,26 @@ fn check_executable(path: &Path) -> Result<(), ErrorInfo> {
         return Err(bad("is not executable".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_become_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+    }
+
+    #[test]
+    fn log_streams_are_named_as_on_lambda() {
+        let s = log_stream_name("$LATEST");
+        let (date, rest) = s.split_at(11);
+        assert_eq!(date.matches('/').count(), 3, "{s}");
+        let hex = rest.strip_prefix("[$LATEST]").expect("version");
+        assert_eq!(hex.len(), 32);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
 }

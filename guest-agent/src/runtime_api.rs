@@ -58,6 +58,8 @@ struct State {
     /// The runtime has called `invocation/next` since it started.
     next_seen: bool,
     init_error: Option<ErrorInfo>,
+    /// The document the runtime posted to `init/error`, as posted.
+    init_document: Option<Vec<u8>>,
     offered: Option<Event>,
     delivered: Option<(String, oneshot::Sender<Completion>)>,
 }
@@ -112,6 +114,12 @@ impl RuntimeApi {
     /// and exits at once must be reported by what it said, not its exit.
     pub fn take_init_error(&self) -> Option<ErrorInfo> {
         self.lock().init_error.take()
+    }
+
+    /// The document the runtime posted to `init/error` since the last
+    /// [`RuntimeApi::reset`], if it posted one.
+    pub fn init_document(&self) -> Option<Vec<u8>> {
+        self.lock().init_document.clone()
     }
 
     /// Hands `event` to the runtime's next (or pending) `invocation/next`.
@@ -362,7 +370,11 @@ async fn init_error(api: &RuntimeApi, req: Request<Incoming>) -> Reply {
         Ok(None) => return too_large(),
         Err(r) => return r,
     };
-    api.lock().init_error = Some(error_info(&body, header_type));
+    {
+        let mut s = api.lock();
+        s.init_error = Some(error_info(&body, header_type));
+        s.init_document = Some(body);
+    }
     api.progress.notify_one();
     accepted()
 }

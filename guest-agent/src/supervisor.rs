@@ -90,7 +90,9 @@ impl Supervisor {
     /// Runs until told to shut down or until the runtime cannot start.
     pub async fn run(mut self) {
         match self.launcher.config.runtime {
-            RuntimeKind::Provided => self.run_provided().await,
+            RuntimeKind::Provided | RuntimeKind::Python313 | RuntimeKind::Nodejs20 => {
+                self.run_provided().await
+            }
             RuntimeKind::Exec => self.run_exec().await,
         }
     }
@@ -127,10 +129,22 @@ impl Supervisor {
                 p.drain_output(DRAIN).await;
                 self.api.take_init_error().unwrap_or_else(|| init_exit_error(exit.info))
             }
-            _ = tokio::time::sleep(limit) => ErrorInfo {
-                error_type: "Runtime.InitTimeout".into(),
-                error_message: format!("runtime did not ask for an event within {} ms", limit.as_millis()),
-            },
+            _ = tokio::time::sleep(limit) => {
+                if self.launcher.config.runtime.is_managed() {
+                    // As Lambda does for an on-demand function: an init that
+                    // outlasts the init limit goes on within the first
+                    // invocation, bounded by that invocation's timeout.
+                    self.logs.note(&format!(
+                        "init still running after {} ms; it continues within the first invocation",
+                        limit.as_millis()
+                    ));
+                    return Ok((p, started.elapsed()));
+                }
+                ErrorInfo {
+                    error_type: "Runtime.InitTimeout".into(),
+                    error_message: format!("runtime did not ask for an event within {} ms", limit.as_millis()),
+                }
+            }
         };
         self.kill(&p);
         Err(failure)
@@ -141,6 +155,26 @@ impl Supervisor {
         loop {
             let (mut p, init) = match self.init_provided().await {
                 Ok(ok) => ok,
+                Err(e) if self.launcher.config.runtime.is_managed() => {
+                    // As on Lambda: a managed runtime whose init fails (a
+                    // missing module or handler) answers the invocation
+                    // with the init error, and init is tried again for the
+                    // next one.
+                    self.logs.note(&format!("init failed: {}", e.error_message));
+                    let init_output = self.logs.finish();
+                    let document = self.api.init_document();
+                    if first {
+                        self.send(Message::Ready(Ready {
+                            init_duration_us: 0,
+                        }))
+                        .await;
+                        first = false;
+                    }
+                    if self.answer_init_error(e, document, &init_output).await {
+                        continue;
+                    }
+                    return;
+                }
                 Err(e) => {
                     self.logs.note(&format!("init failed: {}", e.error_message));
                     self.send(Message::InitError(e)).await;
@@ -182,6 +216,42 @@ impl Supervisor {
         }
     }
 
+    /// Waits for the next invocation and answers it with a managed
+    /// runtime's init error (its posted document, else Lambda's shape of
+    /// one); false when told to stop instead.
+    /// The init's output leads the invocation's log tail, as on Lambda.
+    async fn answer_init_error(
+        &mut self,
+        e: ErrorInfo,
+        document: Option<Vec<u8>>,
+        init_output: &[u8],
+    ) -> bool {
+        let Some(Command::Invoke(invoke, arrived)) = self.commands.recv().await else {
+            return false;
+        };
+        self.logs.begin(Some(&invoke.request_id));
+        self.logs
+            .write(ember_protocol::LogStream::Stderr, init_output);
+        let payload = document.unwrap_or_else(|| {
+            serde_json::json!({
+                "errorMessage": e.error_message,
+                "errorType": e.error_type,
+                "requestId": "",
+                "stackTrace": [],
+            })
+            .to_string()
+            .into_bytes()
+        });
+        let ended = Ended {
+            outcome: Outcome::UnhandledError(e),
+            payload,
+            peak_memory_bytes: None,
+            restart: true,
+        };
+        self.finish(&invoke, arrived, None, ended).await;
+        true
+    }
+
     async fn invoke_provided(&mut self, p: &mut Process, inv: &Invoke, arrived: Instant) -> Ended {
         let budget = Duration::from_millis(inv.timeout_ms);
         let deadline = arrived + budget;
@@ -202,6 +272,11 @@ impl Supervisor {
                 Ok(Completion::Error(info, body)) if info.error_type.starts_with("Runtime.") => {
                     (Outcome::UnhandledError(info), body, false)
                 }
+                // Lambda's managed runtimes report every function error
+                // as unhandled.
+                Ok(Completion::Error(info, body)) if self.launcher.config.runtime.is_managed() => {
+                    (Outcome::UnhandledError(info), body, false)
+                }
                 Ok(Completion::Error(info, body)) => (Outcome::HandledError(info), body, false),
                 Ok(Completion::TooLarge) => (response_too_large(), Vec::new(), false),
                 // The API dropped the event: only a reset does that.
@@ -217,7 +292,15 @@ impl Supervisor {
             exit = p.wait() => {
                 p.drain_output(DRAIN).await;
                 self.logs.note(&format!("runtime exited during {} ({})", inv.request_id, describe(exit.info)));
-                (Outcome::RuntimeExit(exit.info), Vec::new(), true)
+                match self.api.take_init_error() {
+                    // A managed runtime whose init went on into this
+                    // invocation and failed: its init error answers it.
+                    Some(e) if self.launcher.config.runtime.is_managed() => {
+                        let doc = self.api.init_document().unwrap_or_default();
+                        (Outcome::UnhandledError(e), doc, true)
+                    }
+                    _ => (Outcome::RuntimeExit(exit.info), Vec::new(), true),
+                }
             }
         };
         self.api.withdraw();

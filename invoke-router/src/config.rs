@@ -22,6 +22,9 @@
 //! kernel = "/path/vmlinux"        # default: `images/build --print-paths`
 //! initramfs = "/path/initramfs"
 //! vmm = "/path/ember-vmm"          # default: next to this binary, else on PATH
+//! [guest.runtimes]                  # managed runtimes' images; default: `images/build --print-paths`
+//! "python3.13" = "/path/runtime-python3.13.ext4"
+//! "nodejs20.x" = "/path/runtime-nodejs20.x.ext4"
 //! [timing]
 //! keep_alive_secs = 300
 //! queue_wait_ms = 1000
@@ -104,6 +107,9 @@ pub struct GuestFile {
     pub initramfs: Option<PathBuf>,
     /// The `ember-vmm` binary.
     pub vmm: Option<PathBuf>,
+    /// Managed runtimes' images by name (see [`crate::runtime_images`]).
+    #[serde(default)]
+    pub runtimes: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// Timing section of the file.
@@ -209,6 +215,10 @@ pub struct ServeFlags {
     /// The ember-vmm binary [default: next to this one, else on PATH].
     #[arg(long)]
     pub vmm: Option<PathBuf>,
+    /// A managed runtime's image, NAME=PATH (repeatable) [default: the
+    /// config file's [guest.runtimes], else `images/build --print-paths`].
+    #[arg(long = "runtime-image", value_parser = crate::runtime_images::parse_flag)]
+    pub runtime_images: Vec<(String, PathBuf)>,
     /// A file of `[[tenants]]` with their keys (repeatable; adds to the
     /// config file's tenants) [default: $EMBER_TENANTS_FILE, if set].
     #[arg(long = "tenants-file")]
@@ -251,6 +261,8 @@ pub struct GuestSettings {
     pub initramfs: PathBuf,
     /// The `ember-vmm` binary.
     pub vmm: PathBuf,
+    /// Managed runtimes' images (a VM's second, read-only drive).
+    pub runtime_images: crate::runtime_images::RuntimeImages,
 }
 
 /// Timeouts and intervals of the data plane.
@@ -480,6 +492,7 @@ impl ServeConfig {
 fn resolve_guest(flags: &ServeFlags, file: GuestFile) -> Result<GuestSettings, ConfigError> {
     let kernel = flags.kernel.clone().or(file.kernel);
     let initramfs = flags.initramfs.clone().or(file.initramfs);
+    let guest_defaulted = kernel.is_none() || initramfs.is_none();
     let (kernel, initramfs) = match (kernel, initramfs) {
         (Some(k), Some(i)) => (k, i),
         (k, i) => {
@@ -499,6 +512,11 @@ fn resolve_guest(flags: &ServeFlags, file: GuestFile) -> Result<GuestSettings, C
         kernel,
         initramfs,
         vmm: flags.vmm.clone().or(file.vmm).unwrap_or_else(default_vmm),
+        runtime_images: crate::runtime_images::RuntimeImages::resolve(
+            &file.runtimes,
+            &flags.runtime_images,
+            guest_defaulted,
+        )?,
     })
 }
 

@@ -15,6 +15,7 @@ pub mod metrics; // Prometheus metrics
 pub mod quotas; // per-tenant quotas: functions, code bytes
 pub mod registry; // SQLite registry of functions and invocation logs
 pub mod runtime; // the closed set of function runtimes
+pub mod runtime_images; // the managed runtimes' root file systems
 pub mod server; // accept loop and graceful shutdown
 pub mod sigv4; // AWS Signature Version 4
 pub mod timefmt; // AWS timestamp formats

@@ -13,19 +13,33 @@ pub enum Runtime {
     ProvidedAl2023,
     /// Lambda's `provided` (same contract as `provided.al2023`).
     Provided,
+    /// Lambda's managed `python3.13`: Debian 13's Python with AWS's
+    /// awslambdaric, from a runtime image (see `runtime_images`).
+    Python313,
+    /// Lambda's managed `nodejs20.x`: Debian 13's Node.js 20 with Ember's
+    /// runtime interface client, from a runtime image.
+    Nodejs20x,
     /// Ember's `exec`: the handler is a shell command run per invocation.
     Exec,
 }
 
 impl Runtime {
     /// Every runtime, in the order error messages list them.
-    pub const ALL: [Runtime; 3] = [Runtime::ProvidedAl2023, Runtime::Provided, Runtime::Exec];
+    pub const ALL: [Runtime; 5] = [
+        Runtime::ProvidedAl2023,
+        Runtime::Provided,
+        Runtime::Python313,
+        Runtime::Nodejs20x,
+        Runtime::Exec,
+    ];
 
     /// Its name in the API (`Runtime`) and in the registry.
     pub fn name(self) -> &'static str {
         match self {
             Runtime::ProvidedAl2023 => "provided.al2023",
             Runtime::Provided => "provided",
+            Runtime::Python313 => "python3.13",
+            Runtime::Nodejs20x => "nodejs20.x",
             Runtime::Exec => "exec",
         }
     }
@@ -39,6 +53,8 @@ impl Runtime {
     pub fn kind(self) -> RuntimeKind {
         match self {
             Runtime::ProvidedAl2023 | Runtime::Provided => RuntimeKind::Provided,
+            Runtime::Python313 => RuntimeKind::Python313,
+            Runtime::Nodejs20x => RuntimeKind::Nodejs20,
             Runtime::Exec => RuntimeKind::Exec,
         }
     }
@@ -77,5 +93,13 @@ mod tests {
         assert_eq!(Runtime::parse("python3.12"), None);
         assert_eq!(Runtime::Exec.kind(), RuntimeKind::Exec);
         assert_eq!(Runtime::ProvidedAl2023.kind(), RuntimeKind::Provided);
+        assert_eq!(
+            Runtime::parse("python3.13").map(Runtime::kind),
+            Some(RuntimeKind::Python313)
+        );
+        assert_eq!(
+            Runtime::parse("nodejs20.x").map(Runtime::kind),
+            Some(RuntimeKind::Nodejs20)
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! `ember-invoke-router up`: the README's start command. Builds the guest
 //! images if needed, serves the Lambda API on 127.0.0.1:9000 with data under
-//! the user's data home, registers a sample `hello` function, prints the
-//! endpoint and the default tenant's credentials, and runs until
-//! interrupted, then stops every VM.
+//! the user's data home, registers sample functions (`hello` in shell,
+//! `hello-python` on python3.13, `hello-node` on nodejs20.x), prints the
+//! endpoint, the default tenant's credentials and an invoke line for each,
+//! and runs until interrupted, then stops every VM.
 //!
 //! Where `/dev/kvm` is hardware KVM the router runs here, as a child
 //! `serve`. Elsewhere the router and its VMs run inside the soft KVM host
@@ -19,6 +20,7 @@ use clap::Args;
 
 use ember_invoke_router::client::{self, Client};
 use ember_invoke_router::durable;
+use ember_invoke_router::runtime_images::RuntimeImages;
 
 /// Flags of `up`.
 #[derive(Args)]
@@ -48,6 +50,56 @@ impl Default for UpArgs {
 const HELLO_SH: &[u8] = b"#!/bin/sh\n\
 read -r event\n\
 printf '{\"message\":\"Hello from Ember\",\"event\":%s}\\n' \"${event:-null}\"\n";
+
+/// The Python sample, as a Lambda tutorial writes it.
+const HELLO_PY: &[u8] = b"import json\n\n\n\
+def lambda_handler(event, context):\n\
+    print('hello-python got', json.dumps(event))\n\
+    return {'message': 'Hello from Ember (Python)', 'event': event}\n";
+
+/// The Node.js sample, as a Lambda tutorial writes it.
+const HELLO_JS: &[u8] = b"export const handler = async (event) => {\n\
+  console.log('hello-node got', JSON.stringify(event));\n\
+  return { message: 'Hello from Ember (Node.js)', event };\n\
+};\n";
+
+/// A sample function: one file in its zip.
+struct Sample {
+    name: &'static str,
+    runtime: &'static str,
+    handler: &'static str,
+    file: &'static str,
+    code: &'static [u8],
+    mode: u32,
+}
+
+/// The sample functions `up` registers.
+const SAMPLES: &[Sample] = &[
+    Sample {
+        name: "hello",
+        runtime: "exec",
+        handler: "./hello.sh",
+        file: "hello.sh",
+        code: HELLO_SH,
+        mode: 0o755,
+    },
+    Sample {
+        name: "hello-python",
+        runtime: "python3.13",
+        handler: "lambda_function.lambda_handler",
+        file: "lambda_function.py",
+        code: HELLO_PY,
+        mode: 0o644,
+    },
+    Sample {
+        name: "hello-node",
+        runtime: "nodejs20.x",
+        handler: "index.handler",
+        file: "index.mjs",
+        code: HELLO_JS,
+        mode: 0o644,
+    },
+];
 
 /// The default tenant's key pair, created on first use. The data directory
 /// is 0700 and the file 0600 (both fixed if an older version left them
@@ -108,8 +160,9 @@ fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The guest kernel and initramfs, built (or found in the cache) by images/build.
-fn build_images(repo: &Path) -> Result<(PathBuf, PathBuf), String> {
+/// The guest kernel, initramfs and runtime images, built (or found in the
+/// cache) by images/build.
+fn build_images(repo: &Path) -> Result<(PathBuf, PathBuf, RuntimeImages), String> {
     let text = output(
         Command::new(repo.join("images/build")).arg("--print-paths"),
         "images/build",
@@ -120,7 +173,11 @@ fn build_images(repo: &Path) -> Result<(PathBuf, PathBuf), String> {
             .map(PathBuf::from)
             .ok_or(format!("images/build printed no {key} line"))
     };
-    Ok((find("vmlinux=")?, find("initramfs=")?))
+    Ok((
+        find("vmlinux=")?,
+        find("initramfs=")?,
+        RuntimeImages::from_print_paths(&text),
+    ))
 }
 
 /// A static build of `bin` from `package` (what the soft host needs).
@@ -180,7 +237,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 /// Starts the router: here, or inside the soft host.
 fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, String> {
     use std::os::unix::process::CommandExt;
-    let (kernel, initramfs) = build_images(repo)?;
+    let (kernel, initramfs, runtimes) = build_images(repo)?;
     let tenants = data_dir.join("default-tenant.toml");
     let mut cmd = if hardware_kvm() {
         let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
@@ -196,6 +253,10 @@ fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, St
             .arg(&kernel)
             .arg("--initramfs")
             .arg(&initramfs);
+        for (name, image) in runtimes.iter() {
+            cmd.arg("--runtime-image")
+                .arg(format!("{name}={}", image.display()));
+        }
         cmd
     } else {
         eprintln!("ember-invoke-router up: no hardware KVM here: running router and VMs in the soft KVM host");
@@ -218,8 +279,11 @@ fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, St
             .args(["--put", &put(&kernel, "vmlinux")])
             .args(["--put", &put(&initramfs, "initramfs")])
             .args(["--put", &put(&mkfs, "bin/mkfs.ext4")])
-            .args(["--put", &put(&tenants, "tenants.toml")])
-            .args(["--env", "PATH=/work/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+            .args(["--put", &put(&tenants, "tenants.toml")]);
+        for (name, image) in runtimes.iter() {
+            cmd.args(["--put", &put(image, &format!("runtime-{name}.ext4"))]);
+        }
+        cmd.args(["--env", "PATH=/work/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
             .arg("--")
             .args(["./ember-invoke-router", "serve", "--listen"])
             .arg(format!("0.0.0.0:{}", args.port))
@@ -239,6 +303,10 @@ fn start_router(repo: &Path, args: &UpArgs, data_dir: &Path) -> Result<Child, St
             ])
             .arg("--capacity-mem-mib")
             .arg((args.softhost_mem_mib.saturating_sub(512)).to_string());
+        for (name, _) in runtimes.iter() {
+            cmd.arg("--runtime-image")
+                .arg(format!("{name}=runtime-{name}.ext4"));
+        }
         cmd
     };
     // Its own process group: an interrupt stops the whole tree in order.
@@ -267,31 +335,43 @@ async fn wait_ready(client: &Client, child: &mut Child) -> Result<(), String> {
     Err("the router did not answer within 5 minutes".into())
 }
 
-/// Registers `hello` unless it exists.
+/// Registers the sample functions that do not exist yet.
 async fn register_hello(client: &Client) -> Result<(), String> {
-    let zip = client::zip_base64(&[("hello.sh", HELLO_SH, 0o755)]).map_err(|e| e.to_string())?;
-    let body = serde_json::json!({
-        "FunctionName": "hello",
-        "Runtime": "exec",
-        "Handler": "./hello.sh",
-        "Role": "arn:aws:iam::000000000000:role/ember",
-        "Code": { "ZipFile": zip },
-        "MemorySize": 128,
-        "Timeout": 10,
-    });
-    let r = client
-        .call(
-            "POST",
-            "/2015-03-31/functions",
-            body.to_string().into_bytes(),
-            &[("content-type", "application/json")],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    match r.status {
-        201 | 409 => Ok(()),
-        other => Err(format!("registering hello: {other} {}", r.text())),
+    for Sample {
+        name,
+        runtime,
+        handler,
+        file,
+        code,
+        mode,
+    } in SAMPLES
+    {
+        let zip = client::zip_base64(&[(file, code, *mode)]).map_err(|e| e.to_string())?;
+        let body = serde_json::json!({
+            "FunctionName": name,
+            "Runtime": runtime,
+            "Handler": handler,
+            "Role": "arn:aws:iam::000000000000:role/ember",
+            "Code": { "ZipFile": zip },
+            "MemorySize": 128,
+            // Room for a first invocation that finishes a slow init (soft host).
+            "Timeout": 30,
+        });
+        let r = client
+            .call(
+                "POST",
+                "/2015-03-31/functions",
+                body.to_string().into_bytes(),
+                &[("content-type", "application/json")],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.status {
+            201 | 409 => {}
+            other => return Err(format!("registering {name}: {other} {}", r.text())),
+        }
     }
+    Ok(())
 }
 
 fn stop(child: &mut Child) {
@@ -329,13 +409,17 @@ async fn up(args: UpArgs, default_data_dir: &Path) -> Result<(), String> {
         return Err(e);
     }
     let endpoint = format!("http://127.0.0.1:{}", args.port);
-    println!("Ember is up: the Lambda API at {endpoint}, with a sample function 'hello'.");
+    println!(
+        "Ember is up: the Lambda API at {endpoint}, with sample functions 'hello' (shell), 'hello-python' and 'hello-node'."
+    );
     println!("ENDPOINT={endpoint}");
     println!("AWS_ACCESS_KEY_ID={id}");
     println!("AWS_SECRET_ACCESS_KEY={secret}");
-    println!(
-        "AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} aws lambda invoke --endpoint-url {endpoint} --region us-east-1 --function-name hello out.json && cat out.json"
-    );
+    for Sample { name, .. } in SAMPLES {
+        println!(
+            "AWS_ACCESS_KEY_ID={id} AWS_SECRET_ACCESS_KEY={secret} aws lambda invoke --endpoint-url {endpoint} --region us-east-1 --function-name {name} out.json && cat out.json"
+        );
+    }
     println!("Press Ctrl-C to stop (every VM stops with it).");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;

@@ -166,6 +166,8 @@ pub(crate) fn encode_body(m: &Message) -> Result<Vec<u8>, EncodeError> {
             w.u8(match c.runtime {
                 RuntimeKind::Provided => 0,
                 RuntimeKind::Exec => 1,
+                RuntimeKind::Python313 => 2,
+                RuntimeKind::Nodejs20 => 3,
             });
             w.u32(c.env.len() as u32);
             for (k, v) in &c.env {
@@ -275,6 +277,8 @@ pub(crate) fn decode_body(kind: MessageType, body: &[u8]) -> Result<Message, Dec
             let runtime = match r.u8("runtime")? {
                 0 => RuntimeKind::Provided,
                 1 => RuntimeKind::Exec,
+                2 => RuntimeKind::Python313,
+                3 => RuntimeKind::Nodejs20,
                 tag => {
                     return Err(DecodeError::BadTag {
                         field: "runtime",

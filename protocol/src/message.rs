@@ -107,6 +107,30 @@ pub enum RuntimeKind {
     /// invocation, given the event on stdin; its stdout is the response and
     /// a non-zero exit a function error.
     Exec,
+    /// Lambda's managed `python3.13` runtime: the runtime image's bootstrap
+    /// (AWS's awslambdaric) imports the handler from `/var/task`.
+    Python313,
+    /// Lambda's managed `nodejs20.x` runtime: the runtime image's bootstrap
+    /// (Ember's Node.js client) loads the handler from `/var/task`.
+    Nodejs20,
+}
+
+impl RuntimeKind {
+    /// Whether a runtime image (a second, read-only drive) supplies the
+    /// interpreter and its bootstrap.
+    pub fn is_managed(self) -> bool {
+        matches!(self, RuntimeKind::Python313 | RuntimeKind::Nodejs20)
+    }
+
+    /// Lambda's name of a managed runtime (`AWS_EXECUTION_ENV` is
+    /// `AWS_Lambda_` and this); `None` for the others.
+    pub fn managed_name(self) -> Option<&'static str> {
+        match self {
+            RuntimeKind::Python313 => Some("python3.13"),
+            RuntimeKind::Nodejs20 => Some("nodejs20.x"),
+            RuntimeKind::Provided | RuntimeKind::Exec => None,
+        }
+    }
 }
 
 /// What function the VM runs; sent once per VM.

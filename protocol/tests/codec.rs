@@ -52,7 +52,12 @@ fn configure() -> impl Strategy<Value = Configure> {
         text(),
         header_text(),
         text(),
-        prop_oneof![Just(RuntimeKind::Provided), Just(RuntimeKind::Exec)],
+        prop_oneof![
+            Just(RuntimeKind::Provided),
+            Just(RuntimeKind::Exec),
+            Just(RuntimeKind::Python313),
+            Just(RuntimeKind::Nodejs20)
+        ],
         vec(("[A-Z_][A-Z0-9_]{0,10}", text()), 0..8),
         1u32..10_240,
         any::<u64>(),

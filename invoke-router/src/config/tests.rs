@@ -89,6 +89,7 @@ fn bad_tenants_are_refused_with_the_reason() {
         kernel: dir.path().join("k"),
         initramfs: dir.path().join("i"),
         vmm: "ember-vmm".into(),
+        runtime_images: Default::default(),
     };
     let mut t = TenantConfig::new("acme", "AKIAACMEACMEACME0001", "secretsecretsecret");
     let ok = ServeConfig::new(dir.path().into(), guest.clone(), vec![t.clone()]);

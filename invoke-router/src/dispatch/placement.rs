@@ -209,6 +209,12 @@ impl Vm {
         id: &SlotId,
         spec: &FunctionSpec,
     ) -> Result<Vm, PlacementError> {
+        if spec.runtime.is_managed() && cfg.guest.runtime_images.image(spec.runtime).is_none() {
+            return Err(PlacementError::Host(format!(
+                "this router has no image of the {} runtime (see [guest.runtimes] / --runtime-image)",
+                spec.runtime.managed_name().unwrap_or_default()
+            )));
+        }
         let deadline = Instant::now() + cfg.cold_start_timeout;
         let dir = cfg.run_dir.join(&id.0);
         let jail = match &cfg.jail {
@@ -312,6 +318,13 @@ impl Vm {
 fn vmm_command(cfg: &Placement, uds: &Path, spec: &FunctionSpec) -> Command {
     let mut drive = spec.code_image.as_os_str().to_owned();
     drive.push(",ro");
+    // A managed runtime's image is the second drive (/dev/vdb), shared
+    // read-only by every VM of that runtime.
+    let runtime_drive = cfg.guest.runtime_images.image(spec.runtime).map(|p| {
+        let mut d = p.as_os_str().to_owned();
+        d.push(",ro");
+        d
+    });
     let mut cmd = Command::new(&cfg.guest.vmm);
     cmd.arg("--kernel")
         .arg(&cfg.guest.kernel)
@@ -329,6 +342,11 @@ fn vmm_command(cfg: &Placement, uds: &Path, spec: &FunctionSpec) -> Command {
         .arg(uds)
         .arg("--drive")
         .arg(drive)
+        .args(
+            runtime_drive
+                .iter()
+                .flat_map(|d| [std::ffi::OsStr::new("--drive"), d]),
+        )
         .arg("--serial")
         .arg("stdout")
         .arg("--log-level")

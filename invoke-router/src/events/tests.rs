@@ -11,6 +11,7 @@ fn cfg(data: &Path) -> ServeConfig {
         kernel: "k".into(),
         initramfs: "i".into(),
         vmm: "v".into(),
+        runtime_images: Default::default(),
     };
     let mut small = TenantConfig::new("small", "AKIAEMBERTESTSMALL01", "secretsecretsecret");
     small.quotas.max_pending_events = 2;

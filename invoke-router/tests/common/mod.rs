@@ -30,6 +30,7 @@ pub fn config(data_dir: &Path) -> ServeConfig {
         kernel: dummy.clone(),
         initramfs: dummy,
         vmm: PathBuf::from("/nonexistent/ember-vmm"),
+        runtime_images: Default::default(),
     };
     let mut c = ServeConfig::new(
         data_dir.to_path_buf(),

@@ -118,6 +118,7 @@ pub fn env(s: Settings) -> Env {
         .collect();
     let guest = GuestSettings {
         vmm,
+        runtime_images: Default::default(),
         kernel: dir.path().join("vmlinux"),
         initramfs: dir.path().join("initramfs"),
     };
