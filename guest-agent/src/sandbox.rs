@@ -1,7 +1,9 @@
 //! What confines a handler: an unprivileged uid with no capabilities, and a
 //! cgroup with a memory limit below the VM's memory so the agent outlives a
-//! handler that eats memory. Both need root (and the cgroup a cgroup2
-//! mount); without them the agent runs handlers unconfined and says so.
+//! handler that eats memory, and a process limit ([`HANDLER_PIDS_MAX`]) so
+//! a fork bomb cannot exhaust the guest's pids and starve the agent. Both
+//! need root (and the cgroup a cgroup2 mount); without them the agent runs
+//! handlers unconfined and says so.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -12,6 +14,10 @@ use std::process::Command;
 
 /// Memory kept out of the handler's reach for the kernel and the agent.
 pub const AGENT_RESERVE_BYTES: u64 = 48 << 20;
+
+/// The most processes and threads a handler's cgroup may hold at once
+/// (Lambda's limit is 1024 as well); a fork past it fails with EAGAIN.
+pub const HANDLER_PIDS_MAX: u32 = 1024;
 
 /// How handlers are confined; every part is optional.
 #[derive(Debug, Clone, Default)]
@@ -30,13 +36,16 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates (or reuses) `root/name` with `memory.max = limit_bytes`, and
-    /// kills the whole group when one of its processes runs out of memory.
+    /// Creates (or reuses) `root/name` with `memory.max = limit_bytes` and
+    /// `pids.max =` [`HANDLER_PIDS_MAX`], and kills the whole group when one
+    /// of its processes runs out of memory.
     pub fn create(root: &Path, name: &str, limit_bytes: u64) -> io::Result<Cgroup> {
         let ctx = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
-        // Fails harmlessly when already enabled; the memory.max write below
-        // reports a missing controller.
-        let _ = fs::write(root.join("cgroup.subtree_control"), "+memory");
+        // Fails harmlessly when already enabled; the memory.max and pids.max
+        // writes below report a missing controller.
+        for controller in ["+memory", "+pids"] {
+            let _ = fs::write(root.join("cgroup.subtree_control"), controller);
+        }
         let dir = root.join(name);
         match fs::create_dir(&dir) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
@@ -46,6 +55,8 @@ impl Cgroup {
         }
         fs::write(dir.join("memory.max"), limit_bytes.to_string())
             .map_err(|e| ctx("memory.max", e))?;
+        fs::write(dir.join("pids.max"), HANDLER_PIDS_MAX.to_string())
+            .map_err(|e| ctx("pids.max", e))?;
         let _ = fs::write(dir.join("memory.swap.max"), "0");
         let _ = fs::write(dir.join("memory.oom.group"), "1");
         let procs = OpenOptions::new()
@@ -61,6 +72,15 @@ impl Cgroup {
     /// The group's peak memory use since it was made, if the kernel says.
     pub fn peak_bytes(&self) -> Option<u64> {
         fs::read_to_string(self.dir.join("memory.peak"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The number of processes and threads in the group now.
+    pub fn pids_current(&self) -> Option<u64> {
+        fs::read_to_string(self.dir.join("pids.current"))
             .ok()?
             .trim()
             .parse()

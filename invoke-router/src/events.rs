@@ -278,7 +278,8 @@ impl EventQueue {
     }
 
     /// Durably records the event, then returns. Blocks on disk writes
-    /// (an fsync or three), as a durable enqueue must.
+    /// (an fsync or three), as a durable enqueue must: call it off the
+    /// async executor (`spawn_blocking`).
     pub fn enqueue(
         &self,
         tenant: &str,
@@ -490,37 +491,41 @@ impl EventQueue {
         }
     }
 
-    async fn attempt(&self, id: &str, dispatcher: &Dispatcher, resolve: &Resolver) {
+    async fn attempt(self: &Arc<Self>, id: &str, dispatcher: &Dispatcher, resolve: &Resolver) {
         let Some(entry) = self.lock().entries.get(id).cloned() else {
             return;
         };
         let attempt = entry.attempts + 1;
         let Some(spec) = resolve(&entry.tenant, &entry.function) else {
-            self.record(Record::Failed {
+            self.record_off(Record::Failed {
                 id: id.into(),
                 attempts: entry.attempts,
                 error: format!(
                     "ResourceNotFoundException: function {} no longer exists",
                     entry.function
                 ),
-            });
+            })
+            .await;
             return;
         };
-        let payload = match std::fs::read(self.dir.join(id).join("payload")) {
+        let path = self.dir.join(id).join("payload");
+        let payload = match blocking(move || std::fs::read(path)).await {
             Ok(p) => p,
             Err(e) => {
-                self.record(Record::Failed {
+                self.record_off(Record::Failed {
                     id: id.into(),
                     attempts: entry.attempts,
                     error: format!("ServiceException: the stored payload is unreadable: {e}"),
-                });
+                })
+                .await;
                 return;
             }
         };
-        self.record(Record::Attempt {
+        self.record_off(Record::Attempt {
             id: id.into(),
             attempt,
-        });
+        })
+        .await;
         let input = InvokeInput {
             request_id: id.into(),
             payload,
@@ -530,22 +535,24 @@ impl EventQueue {
         let error = match dispatcher.invoke(spec, input).await {
             Ok(out) => {
                 let error = function_error(&out.result.outcome);
-                if let Err(e) = self.store_result(id, &out.result) {
+                let (q, rid, result) = (self.clone(), id.to_string(), out.result);
+                if let Err(e) = blocking(move || q.store_result(&rid, &result)).await {
                     tracing::warn!(event = id, "cannot store the event's result: {e}");
                 }
                 match error {
                     None => {
-                        self.record(Record::Succeeded {
+                        self.record_off(Record::Succeeded {
                             id: id.into(),
                             attempts: attempt,
-                        });
+                        })
+                        .await;
                         return;
                     }
                     Some(e) => e,
                 }
             }
             Err(e @ (DispatchError::Throttled(_) | DispatchError::NoSlot(_))) => {
-                self.throttled(id, &entry, e.to_string());
+                self.throttled(id, &entry, e.to_string()).await;
                 return;
             }
             // Cut short by shutdown: the journal says "running", so the
@@ -554,40 +561,52 @@ impl EventQueue {
             Err(e) => e.to_string(),
         };
         if attempt >= MAX_ATTEMPTS {
-            self.record(Record::Failed {
+            self.record_off(Record::Failed {
                 id: id.into(),
                 attempts: attempt,
                 error,
-            });
+            })
+            .await;
         } else {
             let delay = self.lock().retry_delays[(attempt - 1) as usize];
-            self.record(Record::Retry {
+            self.record_off(Record::Retry {
                 id: id.into(),
                 attempts: attempt,
                 error,
                 due_ms: now_ms().saturating_add(ms(delay)),
-            });
+            })
+            .await;
         }
     }
 
-    fn throttled(&self, id: &str, entry: &Entry, message: String) {
+    async fn throttled(self: &Arc<Self>, id: &str, entry: &Entry, message: String) {
         let now = now_ms();
         if now.saturating_sub(entry.at_ms) >= ms(MAX_EVENT_AGE) {
-            self.record(Record::Failed {
+            self.record_off(Record::Failed {
                 id: id.into(),
                 attempts: entry.attempts,
                 error: format!("TooManyRequestsException: {message} (event too old to retry)"),
-            });
+            })
+            .await;
             return;
         }
         let backoff = THROTTLE_BACKOFF
             .saturating_mul(1u32 << entry.throttled.min(16))
             .min(MAX_THROTTLE_BACKOFF);
-        self.record(Record::Throttled {
+        self.record_off(Record::Throttled {
             id: id.into(),
             attempts: entry.attempts,
             due_ms: now.saturating_add(ms(backoff)),
-        });
+        })
+        .await;
+    }
+
+    /// [`EventQueue::record`] on a blocking thread (it fsyncs).
+    async fn record_off(self: &Arc<Self>, r: Record) {
+        let q = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || q.record(r)).await {
+            tracing::error!("event journal: the write task failed: {e}");
+        }
     }
 
     fn store_result(&self, id: &str, r: &InvokeResult) -> io::Result<()> {
@@ -625,6 +644,15 @@ fn function_error(o: &Outcome) -> Option<String> {
             x.status, x.signal
         )),
     }
+}
+
+/// Runs blocking file work on tokio's blocking threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, fsynced.

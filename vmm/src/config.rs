@@ -16,6 +16,8 @@ pub const MAX_MEM_MIB: u64 = 1 << 20;
 pub use crate::arch::layout::MAX_VCPUS;
 /// The most drives (virtio-mmio IRQs 5..=23 are shared with the vsock device).
 pub const MAX_DRIVES: usize = 16;
+/// The most host ports a guest may be allowed to connect to.
+pub const MAX_ALLOWED_PORTS: usize = 256;
 /// Longest path a Unix socket address holds (sun_path minus its NUL).
 use crate::devices::virtio::vsock::MAX_UDS_PATH_LEN as MAX_UDS_PATH;
 /// The default guest command line.
@@ -51,6 +53,10 @@ pub struct VsockConfig {
     /// The host Unix socket for host-initiated connections; guest-initiated
     /// connections to port P go to `<uds_path>_<P>`.
     pub uds_path: PathBuf,
+    /// Host ports guest-initiated connections may reach; any other port
+    /// gets an RST. Empty by default (the guest agent needs none).
+    #[serde(default)]
+    pub allowed_host_ports: Vec<u32>,
 }
 
 /// A block device backed by a raw file.
@@ -109,6 +115,8 @@ pub mod field {
     pub const CID: &str = "--vsock-cid (vsock.guest_cid)";
     /// Vsock socket path.
     pub const UDS: &str = "--vsock-uds (vsock.uds_path)";
+    /// Host ports the guest may connect to.
+    pub const ALLOW_PORT: &str = "--vsock-allow-port (vsock.allowed_host_ports)";
     /// A drive.
     pub const DRIVE: &str = "--drive (drives[].path_on_host)";
     /// The console.
@@ -219,6 +227,22 @@ impl VsockConfig {
                     self.uds_path.display(),
                     MAX_UDS_PATH - 11
                 ),
+            ));
+        }
+        if self.allowed_host_ports.len() > MAX_ALLOWED_PORTS {
+            return Err(ConfigError::new(
+                field::ALLOW_PORT,
+                format!(
+                    "{} ports: at most {MAX_ALLOWED_PORTS}",
+                    self.allowed_host_ports.len()
+                ),
+            ));
+        }
+        // u32::MAX is VMADDR_PORT_ANY: no socket is ever bound to it.
+        if let Some(port) = self.allowed_host_ports.iter().find(|&&p| p == u32::MAX) {
+            return Err(ConfigError::new(
+                field::ALLOW_PORT,
+                format!("{port}: must be 0 to {}", u32::MAX - 1),
             ));
         }
         Ok(())

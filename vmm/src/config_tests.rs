@@ -33,6 +33,7 @@ fn names_the_field_of_each_bad_value() {
                 c.vsock = Some(VsockConfig {
                     guest_cid: 2,
                     uds_path: "v.sock".into(),
+                    allowed_host_ports: vec![],
                 })
             }),
             field::CID,
@@ -42,6 +43,7 @@ fn names_the_field_of_each_bad_value() {
                 c.vsock = Some(VsockConfig {
                     guest_cid: u64::from(u32::MAX),
                     uds_path: "v.sock".into(),
+                    allowed_host_ports: vec![],
                 })
             }),
             field::CID,
@@ -51,9 +53,30 @@ fn names_the_field_of_each_bad_value() {
                 c.vsock = Some(VsockConfig {
                     guest_cid: 3,
                     uds_path: "x".repeat(100).into(),
+                    allowed_host_ports: vec![],
                 })
             }),
             field::UDS,
+        ),
+        (
+            Box::new(|c| {
+                c.vsock = Some(VsockConfig {
+                    guest_cid: 3,
+                    uds_path: "v.sock".into(),
+                    allowed_host_ports: vec![5000, u32::MAX],
+                })
+            }),
+            field::ALLOW_PORT,
+        ),
+        (
+            Box::new(|c| {
+                c.vsock = Some(VsockConfig {
+                    guest_cid: 3,
+                    uds_path: "v.sock".into(),
+                    allowed_host_ports: (0..=MAX_ALLOWED_PORTS as u32).collect(),
+                })
+            }),
+            field::ALLOW_PORT,
         ),
         (
             Box::new(|c| {
@@ -112,8 +135,19 @@ fn reads_a_firecracker_style_file() {
     assert_eq!(c.initrd, Some("/i".into()));
     assert_eq!(c.drives[0].path, PathBuf::from("/d"));
     assert!(c.drives[0].read_only);
-    assert_eq!(c.vsock.unwrap().guest_cid, 3);
+    let vsock = c.vsock.unwrap();
+    assert_eq!(vsock.guest_cid, 3);
+    assert!(
+        vsock.allowed_host_ports.is_empty(),
+        "no host port by default"
+    );
     assert_eq!(c.serial, SerialOutput::None);
+    let text = text.replace(
+        r#""uds_path": "/tmp/v.sock""#,
+        r#""uds_path": "/tmp/v.sock", "allowed_host_ports": [7000, 7001]"#,
+    );
+    let c = VmmConfig::from_json(&text).unwrap();
+    assert_eq!(c.vsock.unwrap().allowed_host_ports, [7000, 7001]);
 }
 
 #[test]

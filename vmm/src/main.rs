@@ -23,7 +23,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// The VM as a Firecracker-style JSON file (instead of the flags below).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib", "vsock_cid", "vsock_uds", "drive", "serial"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "mem_mib", "vsock_cid", "vsock_uds", "vsock_allow_port", "drive", "serial"])]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux or a bzImage.
     #[arg(long, value_name = "PATH", required_unless_present_any = ["config"])]
@@ -61,6 +61,14 @@ struct Cli {
     /// Host Unix socket for vsock (guest-initiated connections to port P go to PATH_P).
     #[arg(long, value_name = "PATH", requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// A host port the guest may connect to (at PATH_PORT); repeat for more. Default: none.
+    #[arg(
+        long,
+        value_name = "PORT",
+        requires = "vsock_uds",
+        allow_negative_numbers = true
+    )]
+    vsock_allow_port: Vec<u32>,
     /// A block device backed by a raw file, PATH or PATH,ro; repeat for more.
     #[arg(long, value_name = "PATH[,ro]")]
     drive: Vec<String>,
@@ -97,6 +105,7 @@ impl Cli {
                 (Some(guest_cid), Some(uds_path)) => Some(config::VsockConfig {
                     guest_cid,
                     uds_path: uds_path.clone(),
+                    allowed_host_ports: self.vsock_allow_port.clone(),
                 }),
                 _ => None,
             },

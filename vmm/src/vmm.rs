@@ -274,11 +274,14 @@ impl Vmm {
         if let Some((socket, cid)) = res.vsock.take() {
             let (interrupt, slot) = wiring.next_virtio_slot()?;
             let (listener, path) = socket.into_parts();
-            let vsock = Vsock::new(cid, path.clone(), listener, interrupt).map_err(|e| {
+            let mut vsock = Vsock::new(cid, path.clone(), listener, interrupt).map_err(|e| {
                 // The device would have removed it; without one, we do.
                 let _ = std::fs::remove_file(&path);
                 ConfigError::new(field::UDS, e.to_string())
             })?;
+            if let Some(v) = &config.vsock {
+                vsock.allow_host_ports(v.allowed_host_ports.iter().copied());
+            }
             wiring.attach_virtio(Arc::new(Mutex::new(vsock)), slot)?;
         }
 
@@ -355,6 +358,9 @@ impl Vmm {
             .reason()
             .unwrap_or_else(|| ExitReason::Failed("stopped without a reason".into()));
         info!("{reason} after {:.3} s", started.elapsed().as_secs_f64());
+        if let Some(summary) = crate::devices::counters::summary() {
+            warn!("guest-caused device errors: {summary}");
+        }
         Ok(reason)
     }
 }

@@ -148,6 +148,36 @@ fn refuses_bad_vsock_settings_and_leaves_no_socket() {
         &["--vsock-cid", "must be 3"],
     );
     refused(&["--kernel", s(&k), "--vsock-cid", "3"], &["--vsock-uds"]);
+    refused(
+        &["--kernel", s(&k), "--vsock-allow-port", "7000"],
+        &["--vsock-uds"],
+    );
+    refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            s(&uds),
+            "--vsock-allow-port",
+            "4294967295",
+        ],
+        &["--vsock-allow-port", "must be 0 to"],
+    );
+    refused(
+        &[
+            "--kernel",
+            s(&k),
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            s(&uds),
+            "--vsock-allow-port",
+            "-1",
+        ],
+        &["--vsock-allow-port"],
+    );
     let long = dir.path(&"x".repeat(120));
     refused(
         &[

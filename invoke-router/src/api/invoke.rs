@@ -252,13 +252,7 @@ pub async fn invoke(
     let kind = invocation_type(header(&headers, "x-amz-invocation-type"))?;
     let tail = wants_tail(header(&headers, "x-amz-log-type"))?;
     let context = client_context(header(&headers, "x-amz-client-context"))?;
-    let rec = super::functions::load(
-        &state,
-        &caller.0,
-        &name,
-        q.get("Qualifier").map(String::as_str),
-    )
-    .await?;
+    let rec = state.function(&caller.0, &name, q.get("Qualifier").map(String::as_str))?;
     if !body.is_empty() {
         serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(|e| {
             ApiError::bad_content(format!("Could not parse request body into json: {e}"))
@@ -275,16 +269,16 @@ pub async fn invoke(
             if body.len() > MAX_EVENT_PAYLOAD {
                 return Err(ApiError::too_large(MAX_EVENT_PAYLOAD, "Invoke"));
             }
-            // Writes and fsyncs the payload and the journal: on the blocking pool.
-            let (events, tenant, function, id) = (
+            // Durable: fsyncs, so off the async executor.
+            let (events, tenant, name, id) = (
                 state.events.clone(),
                 caller.0.id.clone(),
                 rec.name.clone(),
                 request_id.clone(),
             );
-            tokio::task::spawn_blocking(move || events.enqueue(&tenant, &function, &id, &body))
+            tokio::task::spawn_blocking(move || events.enqueue(&tenant, &name, &id, &body))
                 .await
-                .map_err(|e| ApiError::service(format!("event queue task failed: {e}")))?
+                .map_err(|e| ApiError::service(format!("could not queue the event: {e}")))?
                 .map_err(|e| event_error(&e))?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             set(resp.headers_mut(), "x-amzn-RequestId", &request_id);
@@ -311,9 +305,7 @@ pub async fn invoke(
                     duration_us: out.result.duration_us,
                     log_tail: out.result.log_tail.clone(),
                 };
-                // A commit: on the blocking pool, not this executor thread.
-                let logged = state.registry.blocking(move |r| r.record_invocation(&log));
-                if let Err(e) = logged.await {
+                if let Err(e) = state.registry.record_invocation(&log) {
                     tracing::warn!(error = %e, "could not record the invocation's logs");
                 }
             }

@@ -179,7 +179,7 @@ impl Dispatcher {
         let abort = CancellationToken::new();
         let core = Arc::new(Core {
             timing: config.timing,
-            placement: Placement::new(&config.guest, run_dir),
+            placement: Placement::new(config),
             metrics,
             clock,
             state: Mutex::new(state),

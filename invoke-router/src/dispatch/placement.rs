@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::agent_conn::{AgentConn, ConnError};
 use super::slot::SlotId;
 use super::FunctionSpec;
-use crate::config::GuestSettings;
+use crate::config::{GuestSettings, ServeConfig};
 
 /// Guest memory added to the function's memory for the guest kernel and
 /// the agent (the agent reserves 48 MiB of the VM for itself).
@@ -63,8 +63,9 @@ pub fn charge_mib(memory_mib: u32) -> u64 {
     u64::from(memory_mib) + u64::from(AGENT_HEADROOM_MIB) + VMM_OVERHEAD_MIB
 }
 
-/// Where and from what VMs are launched: the guest part of the settings
-/// as it is, and the directory slot directories live in.
+/// Where and from what VMs are launched: placement's part of the settings
+/// (taken from the whole tree, so a new launch setting is added here only)
+/// and the directory slot directories live in.
 #[derive(Debug, Clone)]
 pub struct Placement {
     /// Kernel, initramfs and the `ember-vmm` binary.
@@ -76,11 +77,11 @@ pub struct Placement {
 }
 
 impl Placement {
-    /// Placement from the guest settings, with slot directories under `run_dir`.
-    pub fn new(guest: &GuestSettings, run_dir: PathBuf) -> Self {
+    /// Placement's part of `config`.
+    pub fn new(config: &ServeConfig) -> Self {
         Placement {
-            guest: guest.clone(),
-            run_dir,
+            guest: config.guest.clone(),
+            run_dir: config.run_dir(),
             cold_start_timeout: COLD_START_TIMEOUT,
         }
     }

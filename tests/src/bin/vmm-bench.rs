@@ -124,7 +124,12 @@ fn connect_retrying(uds: &str, port: u32, start: Instant) -> Result<UnixStream, 
     let mut last = String::new();
     while start.elapsed() < Duration::from_secs(120) {
         match handshake::connect(std::path::Path::new(uds), port, Duration::from_secs(10)) {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                // Every later read is bounded too.
+                s.set_read_timeout(Some(Duration::from_secs(10)))
+                    .map_err(|e| e.to_string())?;
+                return Ok(s);
+            }
             Err(e) if e.is_retryable() => last = e.to_string(),
             Err(e) => return Err(e.to_string()),
         }

@@ -207,6 +207,9 @@ fn host_connect(uds: &str, port: u32) -> Result<(UnixStream, Duration)> {
         start + Duration::from_secs(60),
     )
     .map_err(|e| format!("CONNECT {port} through {uds} kept failing for 60 s; last: {e}"))?;
+    // Every later read is bounded too.
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     Ok((s, start.elapsed()))
 }
 

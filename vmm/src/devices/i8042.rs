@@ -1,7 +1,6 @@
 //! The i8042 keyboard controller, only as far as Linux uses it in a microVM:
 //! `reboot=k` writes 0xFE (pulse reset) to port 0x64, which ends the VM.
 
-use log::warn;
 use vm_superio::I8042Device;
 
 use super::bus::BusDevice;
@@ -37,7 +36,7 @@ impl BusDevice for I8042 {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(offset @ (0 | 4)), [value]) = (u8::try_from(offset), data) {
             if let Err(e) = self.inner.write(offset, *value) {
-                warn!("i8042: cannot signal the reset: {e}");
+                crate::warn_limited!("i8042: cannot signal the reset: {e}");
             }
         }
     }

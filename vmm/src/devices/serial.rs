@@ -2,7 +2,6 @@
 
 use std::io::Write;
 
-use log::warn;
 use vm_superio::Serial;
 
 use super::bus::BusDevice;
@@ -49,7 +48,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(offset), [value]) = (u8::try_from(offset), data) {
             if let Err(e) = self.uart.write(offset, *value) {
-                warn!("serial: {e}");
+                crate::warn_limited!("serial: {e}");
             }
         }
     }

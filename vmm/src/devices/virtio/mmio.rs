@@ -7,12 +7,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use log::{debug, error, warn};
+use log::debug;
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::{Queue, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::bus::{lock, BusDevice};
+use crate::devices::counters;
+use crate::{error_limited, warn_limited};
 
 /// Size of one device's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -80,7 +82,8 @@ impl MmioTransport {
         }
         let added = value & !self.status;
         if value & self.status != self.status {
-            warn!(
+            counters::MMIO_BAD_STATUS.inc();
+            warn_limited!(
                 "virtio-mmio: driver cleared status bits {:#x} without a reset",
                 self.status & !value
             );
@@ -90,7 +93,8 @@ impl MmioTransport {
             let offered = lock(&self.device).avail_features();
             let unknown = self.driver_features & !offered;
             if unknown != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
-                warn!(
+                counters::MMIO_BAD_STATUS.inc();
+                warn_limited!(
                     "virtio-mmio: driver features {:#x} not acceptable (offered {offered:#x})",
                     self.driver_features
                 );
@@ -107,12 +111,14 @@ impl MmioTransport {
 
     fn activate(&mut self) {
         if self.status & status::FEATURES_OK == 0 {
-            warn!("virtio-mmio: DRIVER_OK before FEATURES_OK");
+            counters::MMIO_BAD_STATUS.inc();
+            warn_limited!("virtio-mmio: DRIVER_OK before FEATURES_OK");
             self.needs_reset();
             return;
         }
         if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
-            warn!("virtio-mmio: queue {i} is not ready or not in guest memory");
+            counters::MMIO_BAD_STATUS.inc();
+            warn_limited!("virtio-mmio: queue {i} is not ready or not in guest memory");
             self.needs_reset();
             return;
         }
@@ -126,14 +132,16 @@ impl MmioTransport {
         {
             Ok(queues) => queues,
             Err(e) => {
-                warn!("virtio-mmio: queue setup rejected: {e:?}");
+                counters::MMIO_BAD_STATUS.inc();
+                warn_limited!("virtio-mmio: queue setup rejected: {e:?}");
                 self.needs_reset();
                 return;
             }
         };
         let mut device = lock(&self.device);
         if let Err(e) = device.activate(self.mem.clone(), queues) {
-            error!(
+            counters::MMIO_BAD_STATUS.inc();
+            error_limited!(
                 "virtio-mmio: device type {} failed to activate: {e}",
                 device.device_type()
             );
@@ -147,12 +155,15 @@ impl MmioTransport {
         self.config_generation = self.config_generation.wrapping_add(1);
         let device = lock(&self.device);
         if let Err(e) = device.interrupt().trigger(super::IrqKind::Config) {
-            error!("virtio-mmio: cannot raise config interrupt: {e}");
+            error_limited!("virtio-mmio: cannot raise config interrupt: {e}");
         }
     }
 
     fn reset(&mut self) {
         let mut device = lock(&self.device);
+        if device.is_activated() {
+            counters::MMIO_RESETS.inc();
+        }
         if device.is_activated() && !device.reset() {
             // Drivers reset devices on the way to a guest reboot, which ends
             // the VM anyway: not worth a warning.
@@ -201,7 +212,8 @@ impl MmioTransport {
             0x070 => self.status,
             0x0fc => self.config_generation,
             _ => {
-                warn!("virtio-mmio: read of unknown register {offset:#x}");
+                counters::MMIO_BAD_ACCESS.inc();
+                warn_limited!("virtio-mmio: read of unknown register {offset:#x}");
                 0
             }
         }
@@ -210,7 +222,8 @@ impl MmioTransport {
     fn write_register(&mut self, offset: u64, value: u32) {
         let queue_setup = matches!(offset, 0x038 | 0x044 | 0x080..=0x0a4);
         if queue_setup && !self.queue_writable() {
-            warn!("virtio-mmio: queue register {offset:#x} written outside device setup");
+            counters::MMIO_BAD_ACCESS.inc();
+            warn_limited!("virtio-mmio: queue register {offset:#x} written outside device setup");
             return;
         }
         match offset {
@@ -232,20 +245,24 @@ impl MmioTransport {
                 let device = lock(&self.device);
                 if let Some(evt) = device.queue_events().get(value as usize) {
                     if let Err(e) = evt.write(1) {
-                        error!("virtio-mmio: cannot forward queue kick: {e}");
+                        error_limited!("virtio-mmio: cannot forward queue kick: {e}");
                     }
                 }
             }
             0x064 => lock(&self.device).interrupt().ack(value),
             0x070 => self.write_status(value),
             _ if queue_setup => self.write_queue_register(offset, value),
-            _ => warn!("virtio-mmio: write of unknown register {offset:#x}"),
+            _ => {
+                counters::MMIO_BAD_ACCESS.inc();
+                warn_limited!("virtio-mmio: write of unknown register {offset:#x}");
+            }
         }
     }
 
     fn write_queue_register(&mut self, offset: u64, value: u32) {
         let Some(q) = self.selected_queue() else {
-            warn!(
+            counters::MMIO_BAD_ACCESS.inc();
+            warn_limited!(
                 "virtio-mmio: queue register {offset:#x} written for a queue that does not exist"
             );
             return;
@@ -259,7 +276,10 @@ impl MmioTransport {
             0x094 => q.set_avail_ring_address(None, Some(value)),
             0x0a0 => q.set_used_ring_address(Some(value), None),
             0x0a4 => q.set_used_ring_address(None, Some(value)),
-            _ => warn!("virtio-mmio: write of unknown register {offset:#x}"),
+            _ => {
+                counters::MMIO_BAD_ACCESS.inc();
+                warn_limited!("virtio-mmio: write of unknown register {offset:#x}");
+            }
         }
     }
 }
@@ -279,7 +299,8 @@ impl BusDevice for MmioTransport {
         } else if data.len() == 4 && offset % 4 == 0 {
             data.copy_from_slice(&self.read_register(offset).to_le_bytes());
         } else {
-            warn!(
+            counters::MMIO_BAD_ACCESS.inc();
+            warn_limited!(
                 "virtio-mmio: {}-byte register read at {offset:#x}",
                 data.len()
             );
@@ -294,10 +315,13 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(bytes) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(bytes)),
-            _ => warn!(
-                "virtio-mmio: {}-byte register write at {offset:#x}",
-                data.len()
-            ),
+            _ => {
+                counters::MMIO_BAD_ACCESS.inc();
+                warn_limited!(
+                    "virtio-mmio: {}-byte register write at {offset:#x}",
+                    data.len()
+                );
+            }
         }
     }
 }

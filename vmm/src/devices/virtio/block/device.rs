@@ -6,7 +6,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use log::{error, warn};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{QueueOwnedT, QueueT};
@@ -15,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::disk::Disk;
 use super::{request, BlockError};
+use crate::devices::counters;
 use crate::devices::virtio::{
     ActivateError, IrqKind, Queue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
@@ -24,6 +24,9 @@ const QUEUE_SIZES: [u16; 1] = [256];
 /// Most data segments per request the driver may use: the ring must also
 /// hold each request's header and status descriptors.
 const SEG_MAX: u32 = QUEUE_SIZES[0] as u32 - 2;
+/// Most requests run per queue notification; the rest waits behind the
+/// other event sources (a re-kick), so one busy guest cannot hog the loop.
+pub(super) const REQUESTS_PER_KICK: usize = 64;
 /// The config space we fill: capacity (le64), size_max (le32, not offered), seg_max (le32).
 const CONFIG_LEN: usize = 16;
 
@@ -82,27 +85,45 @@ impl Block {
         })
     }
 
-    /// Runs every request the driver has made available, then interrupts the
-    /// guest if any was used. Does nothing before activation or once broken.
+    /// Runs the requests the driver has made available, at most
+    /// [`REQUESTS_PER_KICK`] (then re-kicks itself), and interrupts the guest
+    /// if any was used. Does nothing before activation or once broken.
     pub(super) fn process_queue(&mut self) {
         let Some(active) = self.active.as_mut() else {
             return;
         };
         let mut used_any = false;
+        let mut budget = REQUESTS_PER_KICK;
         while !self.broken {
             let chain = match active.queue.iter(&active.mem) {
                 Ok(mut available) => available.next(),
                 Err(e) => {
-                    error!("virtio-block: queue is broken, stopping the device: {e}");
+                    counters::QUEUE_BROKEN.inc();
+                    crate::error_limited!(
+                        "virtio-block: queue is broken, stopping the device: {e}"
+                    );
                     self.broken = true;
                     break;
                 }
             };
             let Some(chain) = chain else { break };
+            if budget == 0 {
+                // Put it back and come round again after the other events.
+                active.queue.go_to_previous_position();
+                counters::QUEUE_YIELDS.inc();
+                if let Err(e) = self.queue_events[0].write(1) {
+                    crate::error_limited!("virtio-block: cannot re-kick the queue: {e}");
+                }
+                break;
+            }
+            budget -= 1;
             let head = chain.head_index();
             let len = request::handle(&mut self.disk, &active.mem, chain);
             if let Err(e) = active.queue.add_used(&active.mem, head, len) {
-                error!("virtio-block: cannot use descriptor {head}, stopping the device: {e}");
+                counters::QUEUE_BROKEN.inc();
+                crate::error_limited!(
+                    "virtio-block: cannot use descriptor {head}, stopping the device: {e}"
+                );
                 self.broken = true;
             } else {
                 used_any = true;
@@ -110,7 +131,7 @@ impl Block {
         }
         if used_any {
             if let Err(e) = self.interrupt.trigger(IrqKind::Vring) {
-                error!("virtio-block: cannot interrupt the guest: {e}");
+                crate::error_limited!("virtio-block: cannot interrupt the guest: {e}");
             }
         }
     }
@@ -147,7 +168,8 @@ impl VirtioDevice for Block {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(
+        counters::MMIO_BAD_ACCESS.inc();
+        crate::warn_limited!(
             "virtio-block: guest wrote {} bytes of read-only config at {offset:#x}",
             data.len()
         );
@@ -172,7 +194,7 @@ impl VirtioDevice for Block {
         // Requests made available before DRIVER_OK found the device inactive;
         // a kick makes the event loop look at the queue now.
         if let Err(e) = self.queue_events[0].write(1) {
-            error!("virtio-block: cannot kick the queue on activation: {e}");
+            log::error!("virtio-block: cannot kick the queue on activation: {e}");
         }
         Ok(())
     }
@@ -193,20 +215,20 @@ impl VirtioDevice for Block {
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
-            error!("virtio-block: cannot watch the queue event: {e}");
+            log::error!("virtio-block: cannot watch the queue event: {e}");
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         let queue_event = &self.queue_events[0];
         if events.fd() != queue_event.as_raw_fd() {
-            warn!("virtio-block: event on unknown fd {}", events.fd());
+            log::warn!("virtio-block: event on unknown fd {}", events.fd());
             return;
         }
         // Drain the kick even when inactive: the event is level-triggered.
         if let Err(e) = queue_event.read() {
             if e.kind() != io::ErrorKind::WouldBlock {
-                error!("virtio-block: cannot read the queue event: {e}");
+                crate::error_limited!("virtio-block: cannot read the queue event: {e}");
             }
         }
         self.process_queue();

@@ -5,7 +5,7 @@
 //! 16-byte header, then OUT data) and the device-writable bytes (IN or GET_ID
 //! data, then the status byte, which is the last byte of the chain).
 
-use log::{error, warn};
+use crate::devices::counters;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -233,7 +233,8 @@ pub(super) fn handle(
             match request.execute(disk, mem) {
                 Ok(written) => (status_addr, VIRTIO_BLK_S_OK as u8, written),
                 Err(e) => {
-                    error!("virtio-block: request at descriptor {head} failed: {e}");
+                    counters::BLOCK_BAD_REQUEST.inc();
+                    crate::error_limited!("virtio-block: request at descriptor {head} failed: {e}");
                     (status_addr, e.status(), 0)
                 }
             }
@@ -242,19 +243,24 @@ pub(super) fn handle(
             status: Some(status_addr),
             error,
         }) => {
-            warn!("virtio-block: request at descriptor {head} refused: {error}");
+            counters::BLOCK_BAD_REQUEST.inc();
+            crate::warn_limited!("virtio-block: request at descriptor {head} refused: {error}");
             (status_addr, error.status(), 0)
         }
         Err(Refusal {
             status: None,
             error,
         }) => {
-            warn!("virtio-block: chain at descriptor {head} given back unanswered: {error}");
+            counters::BLOCK_BAD_REQUEST.inc();
+            crate::warn_limited!(
+                "virtio-block: chain at descriptor {head} given back unanswered: {error}"
+            );
             return 0;
         }
     };
     if let Err(e) = mem.write_obj(status, status_addr) {
-        error!("virtio-block: cannot write status at {status_addr:?}: {e}");
+        counters::BLOCK_BAD_REQUEST.inc();
+        crate::error_limited!("virtio-block: cannot write status at {status_addr:?}: {e}");
         return 0;
     }
     written.saturating_add(1)

@@ -335,7 +335,7 @@ impl Connection {
             }
         }
         if self.txbuf.push(rest).is_err() {
-            log::warn!(
+            crate::warn_limited!(
                 "vsock: guest port {} ignored its credit (sent {} bytes, {} buffered); resetting",
                 self.peer_port,
                 data.len(),

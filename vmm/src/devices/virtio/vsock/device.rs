@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::muxer::Muxer;
 use super::packet::{self, RxBuffer, MAX_PKT_DATA};
 use super::{VsockError, VsockTimeouts};
+use crate::devices::counters;
 use crate::devices::virtio::{
     ActivateError, IrqKind, Queue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
@@ -28,6 +29,9 @@ const RXQ: usize = 0;
 const TXQ: usize = 1;
 const EVQ: usize = 2;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+/// Most chains handled per queue per event; the rest waits behind the other
+/// event sources (a re-kick), so one busy guest cannot hog the loop.
+pub(super) const CHAINS_PER_EVENT: usize = 64;
 /// `virtio_vsock_event_id`: the guest must drop all its connections.
 const EVENT_TRANSPORT_RESET: u32 = 0;
 
@@ -108,6 +112,18 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
+    /// The host ports guest-initiated connections may reach (to
+    /// `<uds path>_<port>`); every other port is refused with an RST.
+    /// The default is none.
+    pub fn allow_host_ports(&mut self, ports: impl IntoIterator<Item = u32>) {
+        self.muxer.allowed_ports = ports.into_iter().collect();
+    }
+
+    /// Guest-initiated connections this device refused.
+    pub fn refused_connections(&self) -> u64 {
+        self.muxer.refused_connections
+    }
+
     /// Whether a corrupt queue made the device stop.
     pub fn is_broken(&self) -> bool {
         self.broken
@@ -126,7 +142,7 @@ impl Vsock {
 
     fn signal_used(&self) {
         if let Err(e) = self.interrupt.trigger(IrqKind::Vring) {
-            log::error!("vsock: cannot interrupt the guest: {e}");
+            crate::error_limited!("vsock: cannot interrupt the guest: {e}");
         }
     }
 
@@ -139,23 +155,38 @@ impl Vsock {
         let queue = &mut active.queues[TXQ];
         let now = Instant::now();
         let mut used = false;
+        let mut budget = CHAINS_PER_EVENT;
         loop {
             let chain = match queue.iter(mem) {
                 Ok(mut it) => it.next(),
                 Err(e) => {
-                    log::error!("vsock: TX queue is corrupt ({e}); the device stops");
+                    counters::QUEUE_BROKEN.inc();
+                    crate::error_limited!("vsock: TX queue is corrupt ({e}); the device stops");
                     self.broken = true;
                     break;
                 }
             };
             let Some(mut chain) = chain else { break };
+            if budget == 0 {
+                queue.go_to_previous_position();
+                counters::QUEUE_YIELDS.inc();
+                if let Err(e) = self.queue_events[TXQ].write(1) {
+                    crate::error_limited!("vsock: cannot re-kick the TX queue: {e}");
+                }
+                break;
+            }
+            budget -= 1;
             let head = chain.head_index();
             match packet::read_tx(mem, &mut chain) {
                 Ok(pkt) => self.muxer.on_guest_packet(&pkt, now),
-                Err(e) => log::warn!("vsock: dropping a TX chain: {e}"),
+                Err(e) => {
+                    counters::VSOCK_BAD_CHAIN.inc();
+                    crate::warn_limited!("vsock: dropping a TX chain: {e}");
+                }
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
-                log::error!("vsock: cannot return a TX chain ({e}); the device stops");
+                counters::QUEUE_BROKEN.inc();
+                crate::error_limited!("vsock: cannot return a TX chain ({e}); the device stops");
                 self.broken = true;
                 break;
             }
@@ -175,11 +206,22 @@ impl Vsock {
         let queue = &mut active.queues[RXQ];
         let now = Instant::now();
         let mut used = false;
+        let mut budget = CHAINS_PER_EVENT;
         while self.muxer.has_pending_rx() {
+            if budget == 0 {
+                // Come round again after the other events (the kick sets rx_ready).
+                counters::QUEUE_YIELDS.inc();
+                if let Err(e) = self.queue_events[RXQ].write(1) {
+                    crate::error_limited!("vsock: cannot re-kick the RX queue: {e}");
+                }
+                break;
+            }
+            budget -= 1;
             let chain = match queue.iter(mem) {
                 Ok(mut it) => it.next(),
                 Err(e) => {
-                    log::error!("vsock: RX queue is corrupt ({e}); the device stops");
+                    counters::QUEUE_BROKEN.inc();
+                    crate::error_limited!("vsock: RX queue is corrupt ({e}); the device stops");
                     self.broken = true;
                     break;
                 }
@@ -200,17 +242,20 @@ impl Vsock {
                     };
                     let data = &self.rx_scratch[..hdr.len as usize];
                     buf.write(&hdr, data).unwrap_or_else(|e| {
-                        log::warn!("vsock: cannot write an RX packet: {e}");
+                        counters::VSOCK_BAD_CHAIN.inc();
+                        crate::warn_limited!("vsock: cannot write an RX packet: {e}");
                         0
                     })
                 }
                 Err(e) => {
-                    log::warn!("vsock: dropping an RX chain: {e}");
+                    counters::VSOCK_BAD_CHAIN.inc();
+                    crate::warn_limited!("vsock: dropping an RX chain: {e}");
                     0
                 }
             };
             if let Err(e) = queue.add_used(mem, head, used_len) {
-                log::error!("vsock: cannot return an RX chain ({e}); the device stops");
+                counters::QUEUE_BROKEN.inc();
+                crate::error_limited!("vsock: cannot return an RX chain ({e}); the device stops");
                 self.broken = true;
                 break;
             }
@@ -234,7 +279,8 @@ impl Vsock {
         let chain = match queue.iter(mem) {
             Ok(mut it) => it.next(),
             Err(e) => {
-                log::error!("vsock: event queue is corrupt ({e}); the device stops");
+                counters::QUEUE_BROKEN.inc();
+                crate::error_limited!("vsock: event queue is corrupt ({e}); the device stops");
                 self.broken = true;
                 return;
             }
@@ -249,13 +295,20 @@ impl Vsock {
                         len = 4;
                         self.reset_event_pending = false;
                     }
-                    Err(e) => log::warn!("vsock: cannot write an event: {e}"),
+                    Err(e) => {
+                        counters::VSOCK_BAD_CHAIN.inc();
+                        crate::warn_limited!("vsock: cannot write an event: {e}");
+                    }
                 }
             }
-            _ => log::warn!("vsock: dropping a malformed event buffer"),
+            _ => {
+                counters::VSOCK_BAD_CHAIN.inc();
+                crate::warn_limited!("vsock: dropping a malformed event buffer");
+            }
         }
         if let Err(e) = queue.add_used(mem, head, len) {
-            log::error!("vsock: cannot return an event buffer ({e}); the device stops");
+            counters::QUEUE_BROKEN.inc();
+            crate::error_limited!("vsock: cannot return an event buffer ({e}); the device stops");
             self.broken = true;
             return;
         }
@@ -301,7 +354,8 @@ impl VirtioDevice for Vsock {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::warn!(
+        counters::MMIO_BAD_ACCESS.inc();
+        crate::warn_limited!(
             "vsock: guest wrote {} bytes of read-only config at {offset:#x}",
             data.len()
         );
@@ -327,7 +381,7 @@ impl VirtioDevice for Vsock {
         // Kicks that came before activation were ignored: look at every queue once.
         for evt in &self.queue_events {
             if let Err(e) = evt.write(1) {
-                log::error!("vsock: cannot wake the event loop: {e}");
+                crate::error_limited!("vsock: cannot wake the event loop: {e}");
             }
         }
         Ok(())
@@ -347,7 +401,7 @@ impl VirtioDevice for Vsock {
         self.reset_event_pending = false;
         // Wake the event loop: the dropped connections' sockets leave epoll and close.
         if let Err(e) = self.queue_events[EVQ].write(1) {
-            log::error!("vsock: cannot wake the event loop: {e}");
+            crate::error_limited!("vsock: cannot wake the event loop: {e}");
         }
         true
     }

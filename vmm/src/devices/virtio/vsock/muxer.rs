@@ -10,7 +10,7 @@
 //! [`Muxer::sync_epoll`], which brings epoll in line with what each socket
 //! wants and closes sockets of dead connections only once epoll forgot them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +24,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::connection::{Connection, ToGuest, Verdict};
 use super::packet::{op, Header, TxPacket, TYPE_STREAM};
 use super::{VsockError, VsockTimeouts, MAX_CONNECTIONS, VSOCK_HOST_CID};
+use crate::devices::counters;
 
 /// The longest `CONNECT <port>\n` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
@@ -57,6 +58,10 @@ pub struct Muxer {
     listener: UnixListener,
     timer: TimerFd,
     pub timeouts: VsockTimeouts,
+    /// Host ports the guest may connect to; none by default.
+    pub allowed_ports: BTreeSet<u32>,
+    /// Guest-initiated connections refused (port not allowed, no socket, limit).
+    pub refused_connections: u64,
     conns: HashMap<ConnKey, Connection>,
     by_fd: HashMap<RawFd, ConnKey>,
     handshakes: HashMap<RawFd, Handshake>,
@@ -90,6 +95,8 @@ impl Muxer {
             listener,
             timer,
             timeouts: VsockTimeouts::default(),
+            allowed_ports: BTreeSet::new(),
+            refused_connections: 0,
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             handshakes: HashMap::new(),
@@ -130,7 +137,8 @@ impl Muxer {
 
     fn queue_rst(&mut self, hdr: Header) {
         if self.rsts.len() >= MAX_PENDING_RSTS {
-            log::warn!("vsock: too many RSTs waiting for the guest; dropping one");
+            counters::VSOCK_RST_DROPPED.inc();
+            crate::warn_limited!("vsock: too many RSTs waiting for the guest; dropping one");
             return;
         }
         self.rsts.push_back(hdr);
@@ -165,6 +173,7 @@ impl Muxer {
 
     /// Drops a connection and tells the guest with an RST.
     fn reset(&mut self, key: ConnKey) {
+        counters::VSOCK_RESETS.inc();
         self.remove(key);
         let rst = Header {
             src_cid: VSOCK_HOST_CID,
@@ -200,13 +209,15 @@ impl Muxer {
     pub fn on_guest_packet(&mut self, pkt: &TxPacket, now: Instant) {
         let hdr = &pkt.hdr;
         if hdr.src_cid != self.guest_cid {
-            log::warn!(
+            counters::VSOCK_BAD_PACKET.inc();
+            crate::warn_limited!(
                 "vsock: dropping guest packet with source CID {}",
                 hdr.src_cid
             );
             return;
         }
         if hdr.dst_cid != VSOCK_HOST_CID {
+            counters::VSOCK_BAD_PACKET.inc();
             log::debug!("vsock: dropping guest packet for CID {}", hdr.dst_cid);
             return;
         }
@@ -215,6 +226,7 @@ impl Muxer {
             peer_port: hdr.src_port,
         };
         if hdr.type_ != TYPE_STREAM || !op::is_known(hdr.op) {
+            counters::VSOCK_BAD_PACKET.inc();
             log::debug!("vsock: guest packet of type {} op {}", hdr.type_, hdr.op);
             if self.conns.contains_key(&key) {
                 self.reset(key);
@@ -231,18 +243,37 @@ impl Muxer {
             }
             None if hdr.op == op::REQUEST => self.guest_connect(hdr),
             None if hdr.op == op::RST => {}
-            None => self.queue_rst(self.rst_for(hdr)),
+            None => {
+                counters::VSOCK_BAD_PACKET.inc();
+                self.queue_rst(self.rst_for(hdr));
+            }
         }
     }
 
-    /// The guest connects to host port P: connect to `<uds path>_<P>`.
+    /// Refuses a guest-initiated connection with an RST, counted.
+    fn refuse(&mut self, hdr: &Header) {
+        self.refused_connections += 1;
+        counters::VSOCK_REFUSED_CONNECT.inc();
+        self.queue_rst(self.rst_for(hdr));
+    }
+
+    /// The guest connects to host port P: if P is allowed, connect to
+    /// `<uds path>_<P>`; else refuse.
     fn guest_connect(&mut self, hdr: &Header) {
+        if !self.allowed_ports.contains(&hdr.dst_port) {
+            log::debug!(
+                "vsock: guest connect to host port {} refused: not allowed",
+                hdr.dst_port
+            );
+            self.refuse(hdr);
+            return;
+        }
         if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
-            log::warn!(
+            crate::warn_limited!(
                 "vsock: connection limit reached; refusing guest port {}",
                 hdr.src_port
             );
-            self.queue_rst(self.rst_for(hdr));
+            self.refuse(hdr);
             return;
         }
         let mut path = self.uds_path.clone().into_os_string();
@@ -260,7 +291,7 @@ impl Muxer {
             }
             Err(e) => {
                 log::debug!("vsock: guest connect to {path:?} failed: {e}");
-                self.queue_rst(self.rst_for(hdr));
+                self.refuse(hdr);
             }
         }
     }
@@ -272,16 +303,16 @@ impl Muxer {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    log::warn!("vsock: accept failed: {e}");
+                    crate::warn_limited!("vsock: accept failed: {e}");
                     return;
                 }
             };
             if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
-                log::warn!("vsock: connection limit reached; closing a host client");
+                crate::warn_limited!("vsock: connection limit reached; closing a host client");
                 continue;
             }
             if let Err(e) = stream.set_nonblocking(true) {
-                log::warn!("vsock: cannot make a host client non-blocking: {e}");
+                crate::warn_limited!("vsock: cannot make a host client non-blocking: {e}");
                 continue;
             }
             let hs = Handshake {
@@ -437,7 +468,7 @@ impl Muxer {
             let fd = stream.as_raw_fd();
             self.registered.remove(&fd);
             if let Err(e) = ops.remove(Events::empty(&stream)) {
-                log::warn!("vsock: cannot unregister socket {fd}: {e:?}");
+                crate::warn_limited!("vsock: cannot unregister socket {fd}: {e:?}");
             }
         }
         let wanted = self.handshakes.keys().map(|&fd| (fd, EventSet::IN)).chain(
@@ -467,7 +498,7 @@ impl Muxer {
                 Ok(()) => {
                     self.registered.insert(fd, want);
                 }
-                Err(e) => log::warn!("vsock: cannot update epoll for socket {fd}: {e:?}"),
+                Err(e) => crate::warn_limited!("vsock: cannot update epoll for socket {fd}: {e:?}"),
             }
         }
         self.arm_timer(now);
@@ -490,7 +521,7 @@ impl Muxer {
             None => self.timer.clear(),
         };
         if let Err(e) = result {
-            log::warn!("vsock: cannot arm the connection timer: {e}");
+            crate::warn_limited!("vsock: cannot arm the connection timer: {e}");
         }
     }
 }

@@ -82,6 +82,7 @@ fn guest_initiated_connects_to_the_port_socket() {
     let mem = memory();
     let mut g = Guest::new(&mem);
     let listener = UnixListener::bind(format!("{}_5000", g.uds.display())).unwrap();
+    lock(&g.dev).allow_host_ports([5000]);
     g.add_rx(2);
     g.send(g.hdr(40000, 5000, op::REQUEST), &[]);
     g.run();
@@ -107,10 +108,44 @@ fn guest_initiated_connects_to_the_port_socket() {
     assert_eq!(pkts[0].1, b"pong");
 }
 
+/// Host ports are closed unless allowed: a live listener on a port not in
+/// the list never sees the connection; the guest gets an RST, counted.
+#[test]
+fn guest_connects_reach_only_allowed_host_ports() {
+    let mem = memory();
+    let mut g = Guest::new(&mem);
+    let open = UnixListener::bind(format!("{}_5000", g.uds.display())).unwrap();
+    let closed = UnixListener::bind(format!("{}_5001", g.uds.display())).unwrap();
+    closed.set_nonblocking(true).unwrap();
+    open.set_nonblocking(true).unwrap();
+    // Default: nothing allowed, not even a port with a listener.
+    g.add_rx(8);
+    g.send(g.hdr(40000, 5000, op::REQUEST), &[]);
+    g.run();
+    assert_eq!(ops(&g.recv()), [op::RST]);
+    assert!(open.accept().is_err(), "a port not allowed was connected");
+    lock(&g.dev).allow_host_ports([5000]);
+    for port in [5001, 0, 1, 22, u32::MAX] {
+        g.send(g.hdr(40001, port, op::REQUEST), &[]);
+    }
+    g.send(g.hdr(40002, 5000, op::REQUEST), &[]);
+    g.run();
+    let pkts = g.recv();
+    assert_eq!(
+        ops(&pkts),
+        [op::RST, op::RST, op::RST, op::RST, op::RST, op::RESPONSE]
+    );
+    assert!(closed.accept().is_err(), "port 5001 is not allowed");
+    assert!(open.accept().is_ok(), "port 5000 is allowed");
+    assert_eq!(lock(&g.dev).refused_connections(), 6);
+    assert_eq!(lock(&g.dev).connection_count(), 1);
+}
+
 #[test]
 fn guest_connect_to_a_missing_socket_is_reset() {
     let mem = memory();
     let mut g = Guest::new(&mem);
+    lock(&g.dev).allow_host_ports([5001]);
     g.add_rx(1);
     g.send(g.hdr(40000, 5001, op::REQUEST), &[]);
     g.run();
@@ -125,6 +160,7 @@ fn host_to_guest_data_stops_at_the_guest_credit() {
     let mem = memory();
     let mut g = Guest::new(&mem);
     let listener = UnixListener::bind(format!("{}_6000", g.uds.display())).unwrap();
+    lock(&g.dev).allow_host_ports([6000]);
     let mut req = g.hdr(41000, 6000, op::REQUEST);
     req.buf_alloc = 100;
     g.add_rx(8);

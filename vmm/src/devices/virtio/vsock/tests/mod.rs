@@ -233,6 +233,11 @@ impl<'a> Guest<'a> {
         panic!("the device never went idle");
     }
 
+    /// Runs one round of the event loop (each ready source once).
+    pub fn run_once(&mut self) {
+        self.em.run_with_timeout(30).unwrap();
+    }
+
     /// Runs the event loop for `d` at least.
     pub fn run_for(&mut self, d: Duration) {
         let end = Instant::now() + d;
