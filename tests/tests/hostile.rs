@@ -33,20 +33,19 @@ const BYSTANDER_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 quiet rdinit=/ch
 const MAX_LOG_LINES: usize = 300;
 /// Most resident memory of the hostile VMM: 128 MiB guest + 48 MiB.
 const MAX_RSS_KIB: u64 = (128 + 48) * 1024;
-/// Every attack, per device, as `HOSTILE-SURVIVED <device> <attack>` names.
-const ATTACKS: [(&str, &str); 12] = [
+/// Every attack, per device, as `HOSTILE-SURVIVED <device> <attack>` names
+/// (and `random-registers` on both, run last: see below).
+const ATTACKS: [(&str, &str); 10] = [
     ("block", "bad-queue-configs"),
     ("block", "bad-descriptors"),
     ("block", "block-requests"),
     ("block", "notify-storm"),
     ("block", "reset-storm"),
-    ("block", "random-registers"),
     ("vsock", "bad-queue-configs"),
     ("vsock", "bad-descriptors"),
     ("vsock", "vsock-headers"),
     ("vsock", "notify-storm"),
     ("vsock", "reset-storm"),
-    ("vsock", "random-registers"),
 ];
 
 fn env_path(var: &str) -> PathBuf {
@@ -152,25 +151,40 @@ echo '--- bystander VMM log ---'; cat by.err
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.stdout.contains("BYSTANDER-NOT-UP"), "{out}");
     assert!(!out.stdout.contains("HOSTILE-ERROR"), "{out}");
+    let survived = |device: &str, attack: &str| {
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("HOSTILE-SURVIVED {device} {attack} ")))
+    };
     for (device, attack) in ATTACKS {
         assert!(
-            out.stdout
-                .lines()
-                .any(|l| l.starts_with(&format!("HOSTILE-SURVIVED {device} {attack} "))),
+            survived(device, attack),
             "the VMM did not survive {device} {attack}:\n{out}"
         );
     }
     assert_line(&out, "HOSTILE-VSOCK-ALIVE true");
-    assert_line(&out, "HOSTILE-DONE");
     assert!(!out.stdout.contains("HOSTILE-VMM-HUNG"), "{out}");
-    // The guest ended itself (PID 1 exited, the kernel panicked and reset
-    // the VM): a guest stop, status 0, with the reason in the log.
+    // The guest ends itself, status 0 with the reason in the log: either
+    // PID 1 exits after the last attack (its kernel panics and resets the
+    // VM through the i8042), or random register writes (run last) made a
+    // device scribble on the guest's own kernel and it triple-faulted.
     assert_line(&out, "HOSTILE-VMM-EXIT 0");
-    assert!(
-        out.stdout
-            .contains("guest stopped: reset through the i8042 controller"),
-        "{out}"
-    );
+    let random_all = ["block", "vsock"]
+        .iter()
+        .all(|d| survived(d, "random-registers"));
+    if random_all && out.stdout.contains("HOSTILE-DONE") {
+        assert!(
+            out.stdout
+                .contains("guest stopped: reset through the i8042 controller"),
+            "{out}"
+        );
+    } else {
+        assert!(
+            out.stdout.contains("guest stopped: vcpu0 shut down"),
+            "the guest ended during random-registers without a guest stop:\n{out}"
+        );
+        eprintln!("the hostile guest triple-faulted itself during random-registers");
+    }
     // Refused guest connections are counted, not logged one by one.
     assert!(out.stdout.contains("vsock_refused_connect="), "{out}");
     assert!(out.stdout.contains("mmio_bad_access="), "{out}");
