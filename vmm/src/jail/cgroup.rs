@@ -86,8 +86,12 @@ pub fn prepare_parent(parent: &Path) -> Result<(), JailError> {
     }
     // Top-down: create, then enable the controllers for the children.
     for dir in chain.iter().rev() {
-        if !dir.exists() {
-            std::fs::create_dir(dir).map_err(host(format!("creating {}", dir.display())))?;
+        // Two VMMs may prepare the same parent at once: one creates it.
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(host(format!("creating {}", dir.display()))(e));
+            }
+            _ => {}
         }
         let control = dir.join("cgroup.subtree_control");
         let enabled = std::fs::read_to_string(&control).unwrap_or_default();
