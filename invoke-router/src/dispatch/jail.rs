@@ -35,7 +35,11 @@ use serde::Deserialize;
 /// How long cleanup waits for a VM's cgroup to empty.
 const CGROUP_EMPTY_WAIT: Duration = Duration::from_secs(5);
 /// Memory a jailed VMM may use beyond guest memory (`memory.max`), MiB.
-pub const JAIL_OVERHEAD_MIB: u64 = 32;
+/// Roomy on purpose: the cgroup is also charged the page cache of the
+/// drives the VMM reads (a runtime image is over 100 MiB), and with only
+/// 32 MiB the reclaim under KVM's nested page faults panicked the soft
+/// host's kernel ("stack guard page was hit" in a vCPU thread).
+pub const JAIL_OVERHEAD_MIB: u64 = 512;
 
 /// The jail settings (the `[jail]` section).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
