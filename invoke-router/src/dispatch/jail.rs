@@ -363,7 +363,7 @@ mod tests {
                 "--jail-gid",
                 "5000",
                 "--jail-overhead-mib",
-                "32",
+                "512",
                 "--jail-cgroup",
                 "/sys/fs/cgroup/ember-test/vm-1"
             ]
