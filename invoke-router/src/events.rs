@@ -35,6 +35,7 @@ mod replay;
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -424,10 +425,14 @@ impl EventQueue {
                 let running = Running {
                     queue: self.clone(),
                     tenant,
+                    released: AtomicBool::new(false),
                 };
                 let (dispatcher, resolve) = (dispatcher.clone(), resolve.clone());
                 workers.spawn(async move {
-                    running.queue.attempt(&id, &dispatcher, &resolve).await;
+                    running
+                        .queue
+                        .attempt(&id, &running, &dispatcher, &resolve)
+                        .await;
                     drop(running);
                 });
             }
@@ -448,7 +453,18 @@ impl EventQueue {
     /// written is logged (the state still changes: the event runs again
     /// after a restart, which at-least-once allows).
     fn record(&self, r: Record) {
+        self.record_ending(r, None);
+    }
+
+    /// [`EventQueue::record`] for the record that ends an attempt of
+    /// `ending`'s tenant: the attempt stops counting as running in the
+    /// same critical section that queues a retry, so the event is never
+    /// counted twice against its tenant's pending quota.
+    fn record_ending(&self, r: Record, ending: Option<&str>) {
         let mut st = self.lock();
+        if let Some(tenant) = ending {
+            st.fair.finished(tenant);
+        }
         if let Err(e) = st.journal.append(&r) {
             tracing::error!(journal = %st.journal.path().display(), "event journal: {e}");
         }
@@ -491,20 +507,29 @@ impl EventQueue {
         }
     }
 
-    async fn attempt(self: &Arc<Self>, id: &str, dispatcher: &Dispatcher, resolve: &Resolver) {
+    async fn attempt(
+        self: &Arc<Self>,
+        id: &str,
+        running: &Running,
+        dispatcher: &Dispatcher,
+        resolve: &Resolver,
+    ) {
         let Some(entry) = self.lock().entries.get(id).cloned() else {
             return;
         };
         let attempt = entry.attempts + 1;
         let Some(spec) = resolve(&entry.tenant, &entry.function) else {
-            self.record_off(Record::Failed {
-                id: id.into(),
-                attempts: entry.attempts,
-                error: format!(
-                    "ResourceNotFoundException: function {} no longer exists",
-                    entry.function
-                ),
-            })
+            self.end_attempt(
+                running,
+                Record::Failed {
+                    id: id.into(),
+                    attempts: entry.attempts,
+                    error: format!(
+                        "ResourceNotFoundException: function {} no longer exists",
+                        entry.function
+                    ),
+                },
+            )
             .await;
             return;
         };
@@ -512,11 +537,14 @@ impl EventQueue {
         let payload = match blocking(move || std::fs::read(path)).await {
             Ok(p) => p,
             Err(e) => {
-                self.record_off(Record::Failed {
-                    id: id.into(),
-                    attempts: entry.attempts,
-                    error: format!("ServiceException: the stored payload is unreadable: {e}"),
-                })
+                self.end_attempt(
+                    running,
+                    Record::Failed {
+                        id: id.into(),
+                        attempts: entry.attempts,
+                        error: format!("ServiceException: the stored payload is unreadable: {e}"),
+                    },
+                )
                 .await;
                 return;
             }
@@ -541,10 +569,13 @@ impl EventQueue {
                 }
                 match error {
                     None => {
-                        self.record_off(Record::Succeeded {
-                            id: id.into(),
-                            attempts: attempt,
-                        })
+                        self.end_attempt(
+                            running,
+                            Record::Succeeded {
+                                id: id.into(),
+                                attempts: attempt,
+                            },
+                        )
                         .await;
                         return;
                     }
@@ -552,7 +583,7 @@ impl EventQueue {
                 }
             }
             Err(e @ (DispatchError::Throttled(_) | DispatchError::NoSlot(_))) => {
-                self.throttled(id, &entry, e.to_string()).await;
+                self.throttled(id, running, &entry, e.to_string()).await;
                 return;
             }
             // Cut short by shutdown: the journal says "running", so the
@@ -561,43 +592,61 @@ impl EventQueue {
             Err(e) => e.to_string(),
         };
         if attempt >= MAX_ATTEMPTS {
-            self.record_off(Record::Failed {
-                id: id.into(),
-                attempts: attempt,
-                error,
-            })
+            self.end_attempt(
+                running,
+                Record::Failed {
+                    id: id.into(),
+                    attempts: attempt,
+                    error,
+                },
+            )
             .await;
         } else {
             let delay = self.lock().retry_delays[(attempt - 1) as usize];
-            self.record_off(Record::Retry {
-                id: id.into(),
-                attempts: attempt,
-                error,
-                due_ms: now_ms().saturating_add(ms(delay)),
-            })
+            self.end_attempt(
+                running,
+                Record::Retry {
+                    id: id.into(),
+                    attempts: attempt,
+                    error,
+                    due_ms: now_ms().saturating_add(ms(delay)),
+                },
+            )
             .await;
         }
     }
 
-    async fn throttled(self: &Arc<Self>, id: &str, entry: &Entry, message: String) {
+    async fn throttled(
+        self: &Arc<Self>,
+        id: &str,
+        running: &Running,
+        entry: &Entry,
+        message: String,
+    ) {
         let now = now_ms();
         if now.saturating_sub(entry.at_ms) >= ms(MAX_EVENT_AGE) {
-            self.record_off(Record::Failed {
-                id: id.into(),
-                attempts: entry.attempts,
-                error: format!("TooManyRequestsException: {message} (event too old to retry)"),
-            })
+            self.end_attempt(
+                running,
+                Record::Failed {
+                    id: id.into(),
+                    attempts: entry.attempts,
+                    error: format!("TooManyRequestsException: {message} (event too old to retry)"),
+                },
+            )
             .await;
             return;
         }
         let backoff = THROTTLE_BACKOFF
             .saturating_mul(1u32 << entry.throttled.min(16))
             .min(MAX_THROTTLE_BACKOFF);
-        self.record_off(Record::Throttled {
-            id: id.into(),
-            attempts: entry.attempts,
-            due_ms: now.saturating_add(ms(backoff)),
-        })
+        self.end_attempt(
+            running,
+            Record::Throttled {
+                id: id.into(),
+                attempts: entry.attempts,
+                due_ms: now.saturating_add(ms(backoff)),
+            },
+        )
         .await;
     }
 
@@ -606,6 +655,16 @@ impl EventQueue {
         let q = self.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || q.record(r)).await {
             tracing::error!("event journal: the write task failed: {e}");
+        }
+    }
+
+    /// Records `r`, the outcome of `running`'s attempt, and frees its
+    /// worker in the same step.
+    async fn end_attempt(self: &Arc<Self>, running: &Running, r: Record) {
+        let (q, tenant) = (self.clone(), running.tenant.clone());
+        match tokio::task::spawn_blocking(move || q.record_ending(r, Some(&tenant))).await {
+            Ok(()) => running.released.store(true, Ordering::Release),
+            Err(e) => tracing::error!("event journal: the write task failed: {e}"),
         }
     }
 
@@ -622,11 +681,15 @@ impl EventQueue {
 struct Running {
     queue: Arc<EventQueue>,
     tenant: String,
+    /// Set once the attempt's last record freed the worker.
+    released: AtomicBool,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.queue.lock().fair.finished(&self.tenant);
+        if !self.released.load(Ordering::Acquire) {
+            self.queue.lock().fair.finished(&self.tenant);
+        }
         self.queue.wake.notify_one();
     }
 }
