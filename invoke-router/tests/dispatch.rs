@@ -266,6 +266,26 @@ async fn a_vmm_that_cannot_boot_is_reported_with_its_console() {
         }
         other => panic!("{other:?}"),
     }
+    // The lost VM was replaced once, and that one failed too.
+    let text = env.metrics.render();
+    assert!(text.contains("ember_cold_start_failures_total 2"), "{text}");
+    env.wait_all_gone().await;
+}
+
+#[tokio::test]
+async fn a_vm_lost_before_it_was_ready_is_replaced_once() {
+    let env = env(Settings {
+        vmm: FakeVmm::ExitFirstBoot,
+        ..Default::default()
+    });
+    let spec = Arc::new(env.function("t1", "f", "cat"));
+    let out = env.dispatcher.invoke(spec, input(b"once")).await.unwrap();
+    assert_eq!(out.result.payload, b"once");
+    assert!(out.cold_start);
+    assert_eq!(env.metrics.starts(), (1, 0));
+    let text = env.metrics.render();
+    assert!(text.contains("ember_cold_start_failures_total 1"), "{text}");
+    env.dispatcher.shutdown(Duration::from_secs(5)).await;
     env.wait_all_gone().await;
 }
 

@@ -67,7 +67,9 @@ impl Platform {
              echo ok | ./busybox nc -l -p {ctrl} >/dev/null
              kill -TERM $router; wait $router; echo \"ROUTER-EXIT $?\"
              echo '--- router log ---'
-             cat router.log"
+             cat router.log
+             echo '--- soft host kernel log (end) ---'
+             ./busybox dmesg | ./busybox tail -n 40"
         );
         let puts = [
             format!("{}:ember-invoke-router", a.router.display()),

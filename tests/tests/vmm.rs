@@ -154,7 +154,7 @@ fn vsock_echoes_both_ways_and_sigterm_exits_cleanly() {
     let script = format!(
         "./vsock-tool host-echo v.sock_7000 & \
          ./ember-vmm --kernel vmlinux --initrd initrd --mem-mib 128 --cmdline '{CMDLINE}' \
-           --vsock-cid 3 --vsock-uds v.sock & vmm=$!; \
+           --vsock-cid 3 --vsock-uds v.sock --vsock-allow-port 7000 & vmm=$!; \
          ./vsock-tool host-send v.sock 5000 1048576 || echo HOST-SEND-FAILED; \
          ./vsock-tool host-send v.sock 5000 1 || echo HOST-SEND-FAILED; \
          i=0; while ! grep -q GUEST-SEND-OK console 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \

@@ -12,7 +12,7 @@ use super::agent_conn::ConnError;
 use super::assignment::{Decision, Disposition};
 use super::counting::Admission;
 use super::lifecycle::StopHow;
-use super::placement::{charge_mib, Vm};
+use super::placement::{charge_mib, PlacementError, Vm};
 use super::slot::{PoolKey, SlotId};
 use super::{DispatchError, Dispatcher, FunctionSpec, InvokeInput, InvokeOutput};
 use crate::metrics::InvocationOutcome;
@@ -169,10 +169,21 @@ impl Dispatcher {
     async fn cold_start(&self, spec: &FunctionSpec, id: &SlotId) -> Result<Vm, DispatchError> {
         let core = &self.core;
         let started = Instant::now();
-        let launched = tokio::select! {
-            r = Vm::launch(&core.placement, id, spec) => r.map_err(DispatchError::Placement),
-            _ = core.abort.cancelled() => Err(DispatchError::Aborted),
+        let launch = || async {
+            tokio::select! {
+                r = Vm::launch(&core.placement, id, spec) => r.map_err(DispatchError::Placement),
+                _ = core.abort.cancelled() => Err(DispatchError::Aborted),
+            }
         };
+        let mut launched = launch().await;
+        if let Err(DispatchError::Placement(e @ PlacementError::Lost(_))) = &launched {
+            // No event reached that VM: one more boot is safe, and spares
+            // the caller a host-side hiccup. Counted and logged all the same.
+            core.metrics.record_cold_start_failure();
+            tracing::warn!(slot = %id, function = %spec.name, tenant = %spec.tenant,
+                "cold start lost its VM ({e}); booting a replacement once");
+            launched = launch().await;
+        }
         match launched {
             Ok(vm) => {
                 core.metrics.cold_start.observe(started.elapsed());

@@ -56,6 +56,9 @@ pub const CONSOLE_LOG_CAP: u64 = 1 << 20;
 const CONSOLE_TAIL_IN_REPORT: usize = 2048;
 /// How long to wait for a killed VMM to be reaped.
 const REAP_WAIT: Duration = Duration::from_secs(5);
+/// How long a VMM whose boot failed may take to exit on its own (its status
+/// goes into the report) before it is killed.
+const EXIT_WAIT_ON_FAILURE: Duration = Duration::from_secs(2);
 /// The longest Unix socket path (`sun_path` less its NUL).
 const MAX_UDS_PATH_LEN: usize = 107;
 
@@ -105,9 +108,15 @@ pub enum PlacementError {
     /// the function's fault.
     #[error("cannot launch a VM: {0}")]
     Host(String),
-    /// The VM did not boot to a configured agent.
+    /// The VM did not boot to a configured agent in time, or its agent
+    /// broke the protocol.
     #[error("the VM failed to start: {0}")]
     Boot(String),
+    /// The VM went away before it was ready (its VMM exited or the agent
+    /// connection dropped): no event ever reached it, so another boot is
+    /// safe.
+    #[error("the VM stopped before it was ready: {0}")]
+    Lost(String),
     /// The function's runtime failed to initialise.
     #[error("{error_type}: {error_message}")]
     Init {
@@ -272,15 +281,25 @@ impl Vm {
                 process,
             }),
             Err(e) => {
+                // A VMM on its way out says why through its exit status.
+                let exit = match &e {
+                    PlacementError::Boot(_) | PlacementError::Lost(_) => {
+                        Some(process.wait(EXIT_WAIT_ON_FAILURE).await)
+                    }
+                    _ => None,
+                };
                 process.kill().await;
                 // The pipes close with the VMM: let the last output land.
                 for task in process.capture.drain(..) {
                     let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
                 }
+                let report = |why: String| {
+                    let note = exit.map(exit_note).unwrap_or_default();
+                    format!("{why}{note}{}", console_tail(&console))
+                };
                 let e = match e {
-                    PlacementError::Boot(why) => {
-                        PlacementError::Boot(format!("{why}{}", console_tail(&console)))
-                    }
+                    PlacementError::Boot(why) => PlacementError::Boot(report(why)),
+                    PlacementError::Lost(why) => PlacementError::Lost(report(why)),
                     other => other,
                 };
                 drop(process);
@@ -388,13 +407,16 @@ async fn boot(
         c = AgentConn::connect(uds, AGENT_VSOCK_PORT, deadline) => c,
         status = process.child.wait() => {
             process.exited = true;
-            return Err(PlacementError::Boot(match status {
+            return Err(PlacementError::Lost(match status {
                 Ok(s) => format!("the VMM exited ({}) before the agent listened", describe(s)),
                 Err(e) => format!("waiting for the VMM: {e}"),
             }));
         }
     };
-    let boot_err = |e: ConnError| PlacementError::Boot(e.to_string());
+    let boot_err = |e: ConnError| match e {
+        ConnError::Closed | ConnError::Io(_) => PlacementError::Lost(e.to_string()),
+        _ => PlacementError::Boot(e.to_string()),
+    };
     let mut conn = connected.map_err(boot_err)?;
     let hello = conn.hello(deadline).await.map_err(boot_err)?;
     let configure = Configure {
@@ -481,6 +503,14 @@ async fn capture(
             }
         }
         *written += take as u64;
+    }
+}
+
+/// How the VMM ended, for failure reports.
+fn exit_note(status: Option<ExitStatus>) -> String {
+    match status {
+        None => "; the VMM was still running (killed)".into(),
+        Some(s) => format!("; the VMM ended with {}", describe(s)),
     }
 }
 

@@ -36,6 +36,8 @@ pub enum FakeVmm {
     Normal,
     /// Exits with status 1 at once, printing a console line.
     ExitAtOnce,
+    /// Like `ExitAtOnce` on its first boot only, then `Normal`.
+    ExitFirstBoot,
 }
 
 /// A file in a function's code directory that makes its fake VMM a guest
@@ -94,12 +96,15 @@ pub fn env(s: Settings) -> Env {
     let mode = match s.vmm {
         FakeVmm::Normal => "normal",
         FakeVmm::ExitAtOnce => "exit",
+        FakeVmm::ExitFirstBoot => "exit-first",
     };
+    let first_boot_marker = dir.path().join("first-boot-done");
     std::fs::write(
         &vmm,
         format!(
-            "#!/bin/sh\nEMBER_FAKE_VMM_MODE={mode} EMBER_FAKE_VMM_ARGS=\"$(printf '%s\\n' \"$@\")\" \
+            "#!/bin/sh\nEMBER_FAKE_VMM_FIRST_BOOT='{}' EMBER_FAKE_VMM_MODE={mode} EMBER_FAKE_VMM_ARGS=\"$(printf '%s\\n' \"$@\")\" \
              exec '{}' --exact fake_vmm_entry --nocapture --test-threads=1 --quiet\n",
+            first_boot_marker.display(),
             exe.display()
         ),
     )
@@ -258,7 +263,14 @@ pub fn fake_vmm_main() {
             .cloned()
     };
     println!("fake-vmm: booting with {args:?}");
-    if std::env::var("EMBER_FAKE_VMM_MODE").as_deref() == Ok("exit") {
+    let mode = std::env::var("EMBER_FAKE_VMM_MODE").unwrap_or_default();
+    let first_boot = std::env::var_os("EMBER_FAKE_VMM_FIRST_BOOT").map(PathBuf::from);
+    let exit_now = match (mode.as_str(), first_boot) {
+        ("exit", _) => true,
+        ("exit-first", Some(marker)) => std::fs::create_dir(marker).is_ok(),
+        _ => false,
+    };
+    if exit_now {
         println!("fake-vmm: no KVM here, giving up");
         std::process::exit(1);
     }

@@ -207,8 +207,11 @@ fn host_connect(uds: &str, port: u32) -> Result<(UnixStream, Duration)> {
         start + Duration::from_secs(60),
     )
     .map_err(|e| format!("CONNECT {port} through {uds} kept failing for 60 s; last: {e}"))?;
-    // Every later read is bounded too.
+    // Every later read and write is bounded too (a stalled peer must
+    // fail the tool, not hang it).
     s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     Ok((s, start.elapsed()))
 }
