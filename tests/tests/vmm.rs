@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use ember_e2e::{
-    artifacts_unless_skipped, assert_line, in_softhost, initramfs_with, tempdir, Artifacts,
+    artifacts_unless_skipped, assert_line, in_softhost, in_softhost_once_more_on_triple_fault,
+    initramfs_with, tempdir, Artifacts,
 };
 
 /// The guest command line of these tests (`reboot=k`: the i8042 reset ends the VMM).
@@ -163,7 +164,7 @@ fn vsock_echoes_both_ways_and_sigterm_exits_cleanly() {
     );
     // The console goes to a file so the host script can wait for the guest.
     let script = script.replace("--vsock-cid 3", "--serial file:console --vsock-cid 3");
-    let out = in_softhost(
+    let out = in_softhost_once_more_on_triple_fault(
         &[
             (&a.vmm, "ember-vmm"),
             (&a.vmlinux, "vmlinux"),

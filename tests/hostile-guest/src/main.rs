@@ -9,6 +9,9 @@
 //! <device> <name>` after each one, then `HOSTILE-DONE`, and exits: PID 1
 //! exiting panics the kernel, which (`panic=1 reboot=k`) resets the VM
 //! through the i8042, and the VMM ends with status 0.
+//!
+//! `hostile.from=<device>:<attack>` on the command line starts the run at
+//! that attack (the test resumes a guest that ended itself mid-run there).
 
 mod attacks;
 mod hw;
@@ -59,8 +62,36 @@ fn devices() -> Vec<u64> {
         .collect()
 }
 
+/// `hostile.from=<device>:<attack>`: the attack to start at, if any.
+fn start_at() -> Option<(String, String)> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let spec = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("hostile.from="))?;
+    let (device, attack) = spec.split_once(':')?;
+    Some((device.to_string(), attack.to_string()))
+}
+
+/// Skips attacks until the one to start at (every attack without one).
+struct Skip(Option<(String, String)>);
+
+impl Skip {
+    fn runs(&mut self, device: &str, attack: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some((d, a)) if d == device && a == attack => {
+                println!("HOSTILE-RESUMING-AT {device} {attack}");
+                self.0 = None;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
 fn run() -> Result<(), String> {
     let ram = Ram::map(RAM_PHYS, RAM_LEN)?;
+    let mut skip = Skip(start_at());
     let devs: Vec<Dev> = devices()
         .into_iter()
         .map(Dev::map)
@@ -86,18 +117,25 @@ fn run() -> Result<(), String> {
             _ => {}
         }
         for (attack, f) in list {
-            run_attack(name, attack, || f(dev, &ram));
+            if skip.runs(name, attack) {
+                run_attack(name, attack, || f(dev, &ram));
+            }
         }
     }
     // Last, as it may end this guest: random register writes can make a
     // device write where the guest's own kernel lives (a triple fault is
     // this guest's end, not its VMM's).
     for dev in &devs {
-        run_attack(device_name(dev), "random-registers", || {
-            attacks::random_registers(dev, &ram, 0x9e37_79b9_7f4a_7c15)
-        });
+        if skip.runs(device_name(dev), "random-registers") {
+            run_attack(device_name(dev), "random-registers", || {
+                attacks::random_registers(dev, &ram, 0x9e37_79b9_7f4a_7c15)
+            });
+        }
     }
-    Ok(())
+    match skip.0 {
+        Some((d, a)) => Err(format!("hostile.from={d}:{a} names no attack")),
+        None => Ok(()),
+    }
 }
 
 fn device_name(dev: &Dev) -> &'static str {
