@@ -11,6 +11,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use super::pacer::{self, Pacer};
 use ember_protocol::conn::{self, SendError, UnixConnection};
 use ember_protocol::handshake::HandshakeError;
 use ember_protocol::{
@@ -71,6 +72,8 @@ pub struct AgentConn {
     /// The tail of output logged before the runtime became ready (for
     /// init-failure reports).
     init_log: Vec<u8>,
+    /// Paces the frames read and dropped (see [`super::pacer`]).
+    pacer: Pacer,
 }
 
 impl AgentConn {
@@ -81,6 +84,7 @@ impl AgentConn {
         Ok(AgentConn {
             conn: UnixConnection::unix(stream),
             init_log: Vec::new(),
+            pacer: Pacer::new(std::time::Instant::now()),
         })
     }
 
@@ -116,12 +120,36 @@ impl AgentConn {
             .map_err(|_| ConnError::Timeout(what))?
     }
 
+    /// Accounts for a frame read but not waited for; past the agent's
+    /// burst, waits (until `deadline` at most) before the next read.
+    async fn paced(
+        &mut self,
+        m: &Message,
+        deadline: Instant,
+        what: &'static str,
+    ) -> Result<(), ConnError> {
+        let wait = self.pacer.charge(pacer::cost(m), std::time::Instant::now());
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let until = Instant::now() + wait;
+        if until > deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Err(ConnError::Timeout(what));
+        }
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    }
+
     /// Waits for the agent's greeting.
     pub async fn hello(&mut self, deadline: Instant) -> Result<Hello, ConnError> {
         loop {
             match self.recv_until(deadline, "Hello").await? {
                 Message::Hello(h) => return Ok(h),
-                Message::Log(l) => self.note_init_log(&l.data),
+                Message::Log(l) => {
+                    self.note_init_log(&l.data);
+                    self.paced(&Message::Log(l), deadline, "Hello").await?;
+                }
                 other => {
                     return Err(ConnError::Unexpected {
                         expected: "Hello",
@@ -140,8 +168,11 @@ impl AgentConn {
                 Message::Ready(r) => return Ok(r),
                 Message::InitError(e) => return Err(ConnError::Init(e)),
                 Message::Error(e) => return Err(ConnError::Refused(e)),
-                Message::Log(l) => self.note_init_log(&l.data),
-                _ => {}
+                Message::Log(l) => {
+                    self.note_init_log(&l.data);
+                    self.paced(&Message::Log(l), deadline, "Ready").await?;
+                }
+                other => self.paced(&other, deadline, "Ready").await?,
             }
         }
     }
@@ -178,7 +209,7 @@ impl AgentConn {
                     return Err(ConnError::Refused(e))
                 }
                 // Logs, stale results or pongs of earlier exchanges.
-                _ => {}
+                other => self.paced(&other, deadline, "Result").await?,
             }
         }
     }
@@ -189,8 +220,11 @@ impl AgentConn {
         loop {
             match self.recv_until(deadline, "Pong").await? {
                 Message::Pong(n) if n == nonce => return Ok(()),
-                Message::Ping(n) => self.send(&Message::Pong(n), deadline).await?,
-                _ => {}
+                Message::Ping(n) => {
+                    self.send(&Message::Pong(n), deadline).await?;
+                    self.paced(&Message::Ping(n), deadline, "Pong").await?;
+                }
+                other => self.paced(&other, deadline, "Pong").await?,
             }
         }
     }

@@ -252,8 +252,10 @@ impl Dispatcher {
             Err(ConnError::Encode(e)) => (Err(DispatchError::Encode(e)), None),
             Err(_) if aborted => (Err(DispatchError::Aborted), Some(StopHow::Kill)),
             Err(e) => {
+                let exiting = matches!(e, ConnError::Closed | ConnError::Io(_));
+                let report = vm.failure_report(exiting).await;
                 tracing::warn!(slot = %vm.id, function = %spec.name, tenant = %spec.tenant,
-                    "the VM failed during an invocation: {e}");
+                    "the VM failed during an invocation: {e}{report}");
                 (Err(DispatchError::Vm(e)), Some(StopHow::Kill))
             }
         };

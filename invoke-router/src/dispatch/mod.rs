@@ -29,6 +29,7 @@ pub mod error;
 mod invocation;
 pub mod jail;
 pub mod lifecycle;
+pub mod pacer;
 pub mod placement;
 pub mod slot;
 

@@ -308,6 +308,19 @@ impl Vm {
         }
     }
 
+    /// Why the VM is failing, for the log: how its VMM ended (waiting a
+    /// moment for it when `exiting`) and the end of its console.
+    pub async fn failure_report(&mut self, exiting: bool) -> String {
+        let grace = if exiting {
+            EXIT_WAIT_ON_FAILURE
+        } else {
+            Duration::ZERO
+        };
+        let status = self.process.wait(grace).await;
+        let console = self.process.dir.join(CONSOLE_FILE);
+        format!("{}{}", exit_note(status), console_tail(&console))
+    }
+
     /// Stops the VM: asks the agent to power off, waits up to `grace` for
     /// the VMM to exit, then kills it; the directory goes too.
     pub async fn stop(mut self, grace: Duration) {
