@@ -8,7 +8,6 @@
 //! `EMBER_E2E_SKIP=1` skips every E2E test, loudly, for quick local loops.
 
 pub mod lambda_api;
-pub mod soft_router;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

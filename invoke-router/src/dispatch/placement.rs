@@ -382,7 +382,7 @@ fn vmm_command(cfg: &Placement, uds: &Path, spec: &FunctionSpec) -> Command {
         .arg("--serial")
         .arg("stdout")
         .arg("--log-level")
-        .arg("warn")
+        .arg("info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
