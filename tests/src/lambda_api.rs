@@ -138,7 +138,8 @@ fn read_line(r: &mut impl BufRead) -> io::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
-/// Reads a reply whose body has a `content-length` or is chunked.
+/// Reads a reply whose body has a `content-length` or is chunked (or,
+/// for 1xx, 204 and 304, none).
 fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
     let status_line = read_line(r)?;
     let status = status_line
@@ -173,6 +174,8 @@ fn read_reply(r: &mut impl BufRead) -> io::Result<Reply> {
             r.read_exact(&mut body[start..])?;
             read_line(r)?;
         }
+    } else if status == 204 || status == 304 || (100..200).contains(&status) {
+        // No body by definition (RFC 9110), with or without a length.
     } else {
         let len: usize = value("content-length")
             .ok_or_else(|| bad("a reply without content-length".into()))?
