@@ -392,7 +392,7 @@ impl Vmm {
             .unwrap_or_else(|| ExitReason::Failed("stopped without a reason".into()));
         info!("{reason} after {:.3} s", started.elapsed().as_secs_f64());
         if let Some(summary) = crate::devices::counters::summary() {
-            warn!("guest-caused device errors: {summary}");
+            warn!("device counters (guest-caused errors and limits that fired): {summary}");
         }
         Ok(reason)
     }
