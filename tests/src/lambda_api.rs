@@ -92,6 +92,25 @@ impl Connection {
         })
     }
 
+    /// [`Connection::open`], retried until `host` accepts or `wait` has
+    /// passed (a server that is still starting).
+    pub fn open_within(
+        host: &str,
+        key: Key,
+        read_timeout: Duration,
+        wait: Duration,
+    ) -> io::Result<Self> {
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open(host, key, read_timeout) {
+                Err(_) if started.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Sends one signed request (`uri`: path and query) with `extra`
     /// headers and reads the reply.
     pub fn send(

@@ -154,14 +154,13 @@ fn run() -> Result<(), String> {
         std::fs::read(&args.bootstrap).map_err(|e| format!("read {}: {e}", args.bootstrap))?;
     let code = zip_file(&[("bootstrap", &bootstrap, 0o755)]);
     // The router may still be starting.
-    let started = Instant::now();
-    let mut c = loop {
-        match connect(&args.host) {
-            Ok(c) => break c,
-            Err(e) if started.elapsed() > Duration::from_secs(30) => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
+    let mut c = Connection::open_within(
+        &args.host,
+        KEY,
+        Duration::from_secs(120),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("connect {}: {e}", args.host))?;
     let names: Vec<String> = (0..args.cold).map(|i| format!("noop-{i}")).collect();
     for name in &names {
         let body = serde_json::json!({

@@ -99,17 +99,14 @@ fn run() -> Result<(), String> {
         ),
         ("nodejs20.x", "index.handler", "index.mjs", HELLO_JS, 0o644),
     ];
-    // The router may still be starting: retry for up to 30 s.
-    let started = Instant::now();
-    let mut c = loop {
-        match Connection::open(&host, KEY, Duration::from_secs(120)) {
-            Ok(c) => break c,
-            Err(e) if started.elapsed() > Duration::from_secs(30) => {
-                return Err(format!("connect {host}: {e}"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    };
+    // The router may still be starting.
+    let mut c = Connection::open_within(
+        &host,
+        KEY,
+        Duration::from_secs(120),
+        Duration::from_secs(30),
+    )
+    .map_err(|e| format!("connect {host}: {e}"))?;
     for (runtime, handler, file, code, mode) in runtimes {
         let zip = zip_file(&[(file, code, mode)]);
         let tag = runtime.split('.').next().unwrap_or(runtime);
