@@ -120,15 +120,16 @@ impl AgentConn {
             .map_err(|_| ConnError::Timeout(what))?
     }
 
-    /// Accounts for a frame read but not waited for; past the agent's
-    /// burst, waits (until `deadline` at most) before the next read.
+    /// Accounts for a frame of `cost` bytes ([`pacer::cost`]) read but not
+    /// waited for; past the agent's burst, waits (until `deadline` at most)
+    /// before the next read.
     async fn paced(
         &mut self,
-        m: &Message,
+        cost: usize,
         deadline: Instant,
         what: &'static str,
     ) -> Result<(), ConnError> {
-        let wait = self.pacer.charge(pacer::cost(m), std::time::Instant::now());
+        let wait = self.pacer.charge(cost, std::time::Instant::now());
         if wait.is_zero() {
             return Ok(());
         }
@@ -144,11 +145,13 @@ impl AgentConn {
     /// Waits for the agent's greeting.
     pub async fn hello(&mut self, deadline: Instant) -> Result<Hello, ConnError> {
         loop {
-            match self.recv_until(deadline, "Hello").await? {
+            let m = self.recv_until(deadline, "Hello").await?;
+            let cost = pacer::cost(&m);
+            match m {
                 Message::Hello(h) => return Ok(h),
                 Message::Log(l) => {
                     self.note_init_log(&l.data);
-                    self.paced(&Message::Log(l), deadline, "Hello").await?;
+                    self.paced(cost, deadline, "Hello").await?;
                 }
                 other => {
                     return Err(ConnError::Unexpected {
@@ -164,16 +167,16 @@ impl AgentConn {
     pub async fn configure(&mut self, c: Configure, deadline: Instant) -> Result<Ready, ConnError> {
         self.send(&Message::Configure(c), deadline).await?;
         loop {
-            match self.recv_until(deadline, "Ready").await? {
+            let m = self.recv_until(deadline, "Ready").await?;
+            let cost = pacer::cost(&m);
+            match m {
                 Message::Ready(r) => return Ok(r),
                 Message::InitError(e) => return Err(ConnError::Init(e)),
                 Message::Error(e) => return Err(ConnError::Refused(e)),
-                Message::Log(l) => {
-                    self.note_init_log(&l.data);
-                    self.paced(&Message::Log(l), deadline, "Ready").await?;
-                }
-                other => self.paced(&other, deadline, "Ready").await?,
+                Message::Log(l) => self.note_init_log(&l.data),
+                _ => {}
             }
+            self.paced(cost, deadline, "Ready").await?;
         }
     }
 
@@ -201,7 +204,9 @@ impl AgentConn {
         let id = inv.request_id.clone();
         self.send(&Message::Invoke(inv), deadline).await?;
         loop {
-            match self.recv_until(deadline, "Result").await? {
+            let m = self.recv_until(deadline, "Result").await?;
+            let cost = pacer::cost(&m);
+            match m {
                 Message::Result(r) if r.request_id == id => return Ok(r),
                 Message::Error(e)
                     if e.request_id.is_none() || e.request_id.as_deref() == Some(&id) =>
@@ -209,7 +214,7 @@ impl AgentConn {
                     return Err(ConnError::Refused(e))
                 }
                 // Logs, stale results or pongs of earlier exchanges.
-                other => self.paced(&other, deadline, "Result").await?,
+                _ => self.paced(cost, deadline, "Result").await?,
             }
         }
     }
@@ -218,14 +223,14 @@ impl AgentConn {
     pub async fn ping(&mut self, nonce: u64, deadline: Instant) -> Result<(), ConnError> {
         self.send(&Message::Ping(nonce), deadline).await?;
         loop {
-            match self.recv_until(deadline, "Pong").await? {
+            let m = self.recv_until(deadline, "Pong").await?;
+            let cost = pacer::cost(&m);
+            match m {
                 Message::Pong(n) if n == nonce => return Ok(()),
-                Message::Ping(n) => {
-                    self.send(&Message::Pong(n), deadline).await?;
-                    self.paced(&Message::Ping(n), deadline, "Pong").await?;
-                }
-                other => self.paced(&other, deadline, "Pong").await?,
+                Message::Ping(n) => self.send(&Message::Pong(n), deadline).await?,
+                _ => {}
             }
+            self.paced(cost, deadline, "Pong").await?;
         }
     }
 
