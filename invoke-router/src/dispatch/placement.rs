@@ -281,10 +281,11 @@ impl Vm {
                 process,
             }),
             Err(e) => {
-                // A VMM on its way out says why through its exit status.
-                let exit = match &e {
+                // A VMM on its way out says why through its exit status
+                // (only boot failures are reported with it).
+                let status = match &e {
                     PlacementError::Boot(_) | PlacementError::Lost(_) => {
-                        Some(process.wait(EXIT_WAIT_ON_FAILURE).await)
+                        process.wait(EXIT_WAIT_ON_FAILURE).await
                     }
                     _ => None,
                 };
@@ -293,10 +294,7 @@ impl Vm {
                 for task in process.capture.drain(..) {
                     let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
                 }
-                let report = |why: String| {
-                    let note = exit.map(exit_note).unwrap_or_default();
-                    format!("{why}{note}{}", console_tail(&console))
-                };
+                let report = |why: String| format!("{why}{}", failure_note(status, &console));
                 let e = match e {
                     PlacementError::Boot(why) => PlacementError::Boot(report(why)),
                     PlacementError::Lost(why) => PlacementError::Lost(report(why)),
@@ -317,8 +315,7 @@ impl Vm {
             Duration::ZERO
         };
         let status = self.process.wait(grace).await;
-        let console = self.process.dir.join(CONSOLE_FILE);
-        format!("{}{}", exit_note(status), console_tail(&console))
+        failure_note(status, &self.process.dir.join(CONSOLE_FILE))
     }
 
     /// Stops the VM: asks the agent to power off, waits up to `grace` for
@@ -519,12 +516,14 @@ async fn capture(
     }
 }
 
-/// How the VMM ended, for failure reports.
-fn exit_note(status: Option<ExitStatus>) -> String {
-    match status {
-        None => "; the VMM was still running (killed)".into(),
+/// How the VMM ended (`None`: it was still running) and the end of its
+/// console log, for failure reports.
+fn failure_note(status: Option<ExitStatus>, console: &Path) -> String {
+    let ended = match status {
+        None => "; the VMM was still running (killed)".to_string(),
         Some(s) => format!("; the VMM ended with {}", describe(s)),
-    }
+    };
+    format!("{ended}{}", console_tail(console))
 }
 
 /// The end of the console log, for failure reports.
