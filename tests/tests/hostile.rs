@@ -22,6 +22,7 @@ use std::process::Command;
 
 use ember_e2e::{
     artifacts_unless_skipped, assert_line, in_softhost, initramfs_with, run, tempdir, Finished,
+    GUEST_TRIPLE_FAULT,
 };
 
 /// The hostile VM's command line: the reserved range its rings live in.
@@ -212,7 +213,7 @@ echo '--- bystander VMM log ---'; cat by.err
         );
     } else {
         assert!(
-            out.stdout.contains("guest stopped: vcpu0 shut down"),
+            out.stdout.contains(GUEST_TRIPLE_FAULT),
             "the guest ended during random-registers without a guest stop:\n{out}"
         );
         eprintln!("the hostile guest triple-faulted itself during random-registers");
